@@ -1,0 +1,11 @@
+"""ssmppl: state-space models written as NumPyro programs, with pluggable inference backends."""
+
+from . import inference, models
+from .errors import ModelStructureError, ObservationShapeError
+from .inference import Kalman
+from .marginal import marginalize
+from .ssm import SSM
+
+__version__ = "0.1.0"
+
+__all__ = ["SSM", "marginalize", "Kalman", "inference", "models", "ModelStructureError", "ObservationShapeError"]

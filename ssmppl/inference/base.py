@@ -1,0 +1,46 @@
+"""The interface every inference backend implements.
+
+A backend is a small frozen dataclass holding only its settings. It receives a
+``StateSpace`` (distributions and observations read off the user's model, see
+``ssmppl.models.tracing``) and a PRNG key, and returns result pytrees. Methods
+run inside ``jit``; they must be pure JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..models.tracing import StateSpace
+from .results import FilterResult, Forecast, SmoothResult
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """Base class: override ``filter`` at least.
+
+    ``requires_key``: sampling backends (particle, ensemble) set it to True and
+    get a ``jax.random`` key; exact backends get ``None``.
+    """
+
+    requires_key = False
+    provides_likelihood = True
+
+    def filter(self, problem: StateSpace, key=None) -> FilterResult:
+        raise NotImplementedError
+
+    def smooth(self, problem: StateSpace, key=None) -> SmoothResult:
+        raise NotImplementedError(f"{type(self).__name__} has no smoother")
+
+    def log_likelihood(self, problem: StateSpace, key=None):
+        return self.filter(problem, key).marginal_loglik
+
+    def log_predictive(self, problem: StateSpace, key=None):
+        """(T,) one-step-ahead log predictive densities; they sum to the marginal log-likelihood."""
+        return self.filter(problem, key).log_predictive
+
+    def forecast(self, problem: StateSpace, filtered: FilterResult, num_steps: int, key=None) -> Forecast:
+        raise NotImplementedError(f"{type(self).__name__} cannot forecast")
+
+    def posterior_predictive(self, problem: StateSpace, smoothed: SmoothResult):
+        """Means and standard deviations (T, dy) of y_t under the smoothed state."""
+        raise NotImplementedError(f"{type(self).__name__} has no posterior predictive")

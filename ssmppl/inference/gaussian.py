@@ -1,0 +1,51 @@
+"""Reading Gaussian moments off NumPyro distributions.
+
+Backends receive NumPyro distributions, never hand-extracted matrices; the
+Gaussian backends call ``gaussian_moments`` to get a flat mean and covariance.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpyro.distributions as dist
+
+from ..errors import ModelStructureError
+
+GAUSSIAN_TYPES = "Normal (scalar, batched or .to_event), MultivariateNormal, LowRankMultivariateNormal"
+
+
+def is_gaussian(d) -> bool:
+    while isinstance(d, (dist.Independent, dist.ExpandedDistribution)):
+        d = d.base_dist
+    return isinstance(d, (dist.Normal, dist.MultivariateNormal, dist.LowRankMultivariateNormal))
+
+
+def gaussian_moments(d):
+    """Flat mean (n,) and covariance (n, n) of a Gaussian distribution.
+
+    n is the total size of the distribution's batch and event shape: a batch of
+    independent Normals is read as one diagonal Gaussian, as NumPyro's log
+    density reads it. Raises ``ModelStructureError`` for other families.
+    """
+    shape = d.batch_shape + d.event_shape
+    base = d
+    while isinstance(base, (dist.Independent, dist.ExpandedDistribution)):
+        base = base.base_dist
+    if isinstance(base, dist.Normal):
+        loc = jnp.broadcast_to(base.loc, shape).reshape(-1)
+        var = jnp.broadcast_to(base.scale, shape).reshape(-1) ** 2
+        return loc, jnp.diag(var.astype(loc.dtype))
+    if isinstance(base, (dist.MultivariateNormal, dist.LowRankMultivariateNormal)):
+        if len(shape) != 1:
+            raise ModelStructureError(
+                f"a {type(base).__name__} with batch shape {tuple(d.batch_shape)} is not supported "
+                "as a state or emission: use one multivariate site with event shape (n,)"
+            )
+        if isinstance(base, dist.MultivariateNormal):
+            L = base.scale_tril
+            cov = L @ jnp.swapaxes(L, -1, -2)
+        else:
+            W = base.cov_factor
+            cov = W @ jnp.swapaxes(W, -1, -2) + jnp.diag(base.cov_diag)
+        return jnp.broadcast_to(base.loc, shape), cov
+    raise ModelStructureError(f"{type(d).__name__} is not Gaussian (supported: {GAUSSIAN_TYPES})")

@@ -1,0 +1,134 @@
+"""The exact Kalman backend: linear Gaussian models read off NumPyro distributions."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ..errors import ModelStructureError
+from ..models.dependence import leaves_reading, reads
+from ..models.tracing import StateSpace
+from .base import Backend
+from .gaussian import GAUSSIAN_TYPES, gaussian_moments, is_gaussian
+from .linear_gaussian import (
+    LinearGaussianParams,
+    emission_moments,
+    kalman_filter,
+    kalman_forecast,
+    rts_smoother,
+    time_varying,
+)
+from .parallel_kalman import parallel_kalman_filter, parallel_rts_smoother
+
+_NONLINEAR_HINT = (
+    "Kalman() is exact only for linear Gaussian models; use a nonlinear filter "
+    "(EKF(), UKF(), or a particle filter from ssmppl.inference) for this model"
+)
+
+
+def _affine_parts(fn, z_lin, x):
+    """(A, b, cov) with mean(z) = A z + b exactly when the mean is affine in z."""
+    mean = lambda z: gaussian_moments(fn(z, x))[0]
+    A = jax.jacfwd(mean)(z_lin)
+    b = mean(z_lin) - A @ z_lin
+    return A, b, gaussian_moments(fn(z_lin, x))[1]
+
+
+def _check_affine_gaussian(fn, z, x, site, role):
+    d = fn(z, x)
+    if not is_gaussian(d):
+        raise ModelStructureError(
+            f"the {role} site {site!r} is a {type(d).__name__}, not a Gaussian ({GAUSSIAN_TYPES}). "
+            f"{_NONLINEAR_HINT}: moment matching or a particle filter handles non-Gaussian sites"
+        )
+    mean = lambda z_: gaussian_moments(fn(z_, x))[0]
+    if reads(lambda z_, v: jax.jvp(mean, (z_,), (v,))[1], 0, z, z):
+        raise ModelStructureError(f"the mean of the {role} site {site!r} is not affine in the state. {_NONLINEAR_HINT}")
+    if reads(lambda z_: gaussian_moments(fn(z_, x))[1], 0, z):
+        raise ModelStructureError(
+            f"the scale of the {role} site {site!r} depends on the state (state-dependent noise). {_NONLINEAR_HINT}"
+        )
+
+
+def _materialise(fn, xs, x0):
+    """fn(x0)'s leaves, replaced by per-step values (leading axis T) where they read the inputs."""
+    static = fn(x0)
+    if xs is None:
+        return static
+    varying = leaves_reading(fn, 0, x0)
+    if not any(varying):
+        return static
+    per_step = jax.vmap(fn)(xs)
+    return tuple(p if v else s for s, p, v in zip(static, per_step, varying))
+
+
+def linear_gaussian_params(problem: StateSpace) -> LinearGaussianParams:
+    """Read F, c, Q, H, d, R (and the initial moments) off the model's distributions.
+
+    Structure checks run at trace time on the first step's inputs: non-Gaussian
+    sites, non-affine means or state-dependent noise raise ``ModelStructureError``.
+    A matrix that does not read the scan's inputs is kept time-invariant.
+    """
+    names = problem.names
+    dz = problem.state_dim
+    x0 = problem.xs_example()
+    dtype = jnp.result_type(problem.observations, float)
+    z0 = jnp.zeros(dz, dtype)
+    _check_affine_gaussian(problem.transition, z0, x0, names.latent, "latent")
+    _check_affine_gaussian(problem.emission, z0, x0, names.obs, "emission")
+    F, c, Q = _materialise(lambda x: _affine_parts(problem.transition, z0, x), problem.xs, x0)
+    H, d, R = _materialise(lambda x: _affine_parts(problem.emission, z0, x), problem.xs, x0)
+    if problem.initial is None:
+        m0, P0 = problem.initial_value, jnp.zeros((dz, dz), dtype)
+    else:
+        if not is_gaussian(problem.initial):
+            raise ModelStructureError(
+                f"the initial-state site {names.init!r} is a {type(problem.initial).__name__}, not a Gaussian "
+                f"({GAUSSIAN_TYPES}). {_NONLINEAR_HINT}"
+            )
+        m0, P0 = gaussian_moments(problem.initial)
+    params = LinearGaussianParams(m0, P0, F, c, Q, H, d, R)
+    dtype = jnp.result_type(dtype, *params)
+    return LinearGaussianParams(*(jnp.asarray(p, dtype) for p in params))
+
+
+@dataclasses.dataclass(frozen=True)
+class Kalman(Backend):
+    """Exact Kalman filter and Rauch–Tung–Striebel smoother.
+
+    parallel: run filter and smoother in parallel in time (associative scan,
+    Särkkä & García-Fernández 2021): O(log T) depth, for accelerators. The
+    sequential version is faster on CPU.
+    """
+
+    parallel: bool = False
+
+    def _filter(self, params, ys):
+        return (parallel_kalman_filter if self.parallel else kalman_filter)(params, ys)
+
+    def filter(self, problem, key=None):
+        params = linear_gaussian_params(problem)
+        return self._filter(params, problem.observations.astype(params.F.dtype))
+
+    def smooth(self, problem, key=None):
+        params = linear_gaussian_params(problem)
+        filtered = self._filter(params, problem.observations.astype(params.F.dtype))
+        return (parallel_rts_smoother if self.parallel else rts_smoother)(params, filtered)
+
+    def forecast(self, problem, filtered, num_steps, key=None):
+        params = linear_gaussian_params(problem)
+        varying = [n for n, v in zip(params._fields, time_varying(params)) if v and n not in ("initial_mean", "initial_covariance")]
+        if varying:
+            raise ModelStructureError(
+                f"cannot forecast: {varying} change over time through the scan's inputs, whose future values are "
+                "unknown. Extend the inputs over the forecast horizon, pad the observations with NaN and call "
+                "ssm.filter instead"
+            )
+        return kalman_forecast(params, filtered.filtered_means[-1], filtered.filtered_covariances[-1], num_steps)
+
+    def posterior_predictive(self, problem, smoothed):
+        params = linear_gaussian_params(problem)
+        means, covs = emission_moments(params, smoothed.smoothed_means, smoothed.smoothed_covariances)
+        return means, jnp.sqrt(jnp.diagonal(covs, axis1=-2, axis2=-1))

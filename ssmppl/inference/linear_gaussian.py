@@ -1,0 +1,226 @@
+"""Exact filtering and smoothing for linear Gaussian state-space models.
+
+Model (t = 1..T; z_0 is the state before the first observation):
+
+    z_0 ~ N(m0, P0)
+    z_t = F_t z_{t-1} + c_t + N(0, Q_t)
+    y_t = H_t z_t + d_t + N(0, R_t)
+
+Every matrix may be time-invariant (no leading axis) or time-varying (leading
+axis T); the functions below pick ``X[t]`` only for the time-varying ones, so a
+time-invariant model costs exactly what a hand-written filter costs.
+
+Missing observations are NaN entries of ``ys`` (whole steps or single
+components). They are handled by conditioning on the observed components only:
+the rows of H for missing components are zeroed, the corresponding rows and
+columns of R replaced by the identity, and their dummy contribution removed from
+the log-likelihood, which is exactly what a filter that skips them computes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.scipy.linalg import cho_solve, solve_triangular
+
+from .results import FilterResult, Forecast, SmoothResult, pairwise_sum
+
+_LOG_2PI = 1.8378770664093453
+
+
+class LinearGaussianParams(NamedTuple):
+    """Parameters of a linear Gaussian SSM (dz state size, dy emission size).
+
+    initial_mean (dz,), initial_covariance (dz, dz); F (dz, dz), c (dz,),
+    Q (dz, dz), H (dy, dz), d (dy,), R (dy, dy), each optionally with a leading
+    time axis of length T.
+    """
+
+    initial_mean: jax.Array
+    initial_covariance: jax.Array
+    F: jax.Array
+    c: jax.Array
+    Q: jax.Array
+    H: jax.Array
+    d: jax.Array
+    R: jax.Array
+
+
+_BASE_NDIM = LinearGaussianParams(1, 2, 2, 1, 2, 2, 1, 2)
+
+
+def time_varying(params: LinearGaussianParams) -> LinearGaussianParams:
+    """Per field, True when it carries a leading time axis."""
+    return LinearGaussianParams(*(jnp.ndim(p) > n for p, n in zip(params, _BASE_NDIM)))
+
+
+def params_at(params: LinearGaussianParams, t) -> LinearGaussianParams:
+    """The matrices of step ``t`` (time-invariant ones are returned as they are)."""
+    return LinearGaussianParams(
+        *(p[t] if tv else p for p, tv in zip(params, time_varying(params)))
+    )
+
+
+def _symmetrize(P):
+    return 0.5 * (P + P.T)
+
+
+def predict(m, P, F, c, Q):
+    """One transition: moments of z_t | y_{1:t-1} from those of z_{t-1} | y_{1:t-1}."""
+    return F @ m + c, _symmetrize(F @ P @ F.T + Q)
+
+
+def masked_emission(y, H, d, R):
+    """Emission restricted to the observed (non-NaN) components of ``y``.
+
+    Returns (y0, H0, d0, R0, num_observed): missing rows of H and entries of y, d
+    are zero, missing rows/columns of R are those of the identity, so a missing
+    component contributes an independent N(0 | 0, 1) term that
+    ``gaussian_update`` removes from the log-likelihood.
+    """
+    observed = ~jnp.isnan(y)
+    y0 = jnp.where(observed, y, 0.0)
+    H0 = jnp.where(observed[:, None], H, 0.0)
+    d0 = jnp.where(observed, d, 0.0)
+    both = observed[:, None] & observed[None, :]
+    R0 = jnp.where(both, R, 0.0) + jnp.diag(jnp.where(observed, 0.0, 1.0).astype(R.dtype))
+    return y0, H0, d0, R0, jnp.sum(observed)
+
+
+def gaussian_update(m, P, y, H, d, R):
+    """Condition N(m, P) on y = H z + d + N(0, R), NaN entries of y missing.
+
+    Uses the Joseph form of the covariance update, which stays symmetric
+    positive semi-definite under rounding (float32 over long series).
+    Returns (filtered mean, filtered covariance, log p(y_observed)).
+    """
+    y0, H0, d0, R0, n_obs = masked_emission(y, H, d, R)
+    S = _symmetrize(H0 @ P @ H0.T + R0)
+    L = jnp.linalg.cholesky(S)
+    v = y0 - H0 @ m - d0
+    PHt = P @ H0.T
+    K = cho_solve((L, True), PHt.T).T
+    m_new = m + K @ v
+    IKH = jnp.eye(m.shape[0], dtype=P.dtype) - K @ H0
+    P_new = _symmetrize(IKH @ P @ IKH.T + K @ R0 @ K.T)
+    w = solve_triangular(L, v, lower=True)
+    log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(L)))
+    ll = -0.5 * (w @ w + log_det + n_obs * _LOG_2PI)
+    return m_new, P_new, ll
+
+
+def kalman_filter(params: LinearGaussianParams, ys: jax.Array) -> FilterResult:
+    """Sequential Kalman filter. ``ys`` (T, dy), NaN for missing entries."""
+    T = ys.shape[0]
+
+    def step(carry, inputs):
+        m, P = carry
+        t, y = inputs
+        p = params_at(params, t)
+        m_pred, P_pred = predict(m, P, p.F, p.c, p.Q)
+        m_filt, P_filt, ll = gaussian_update(m_pred, P_pred, y, p.H, p.d, p.R)
+        return (m_filt, P_filt), (m_filt, P_filt, m_pred, P_pred, ll)
+
+    init = (params.initial_mean, params.initial_covariance)
+    _, (mf, Pf, mp, Pp, lls) = lax.scan(step, init, (jnp.arange(T), ys))
+    return FilterResult(
+        marginal_loglik=pairwise_sum(lls),
+        log_predictive=lls,
+        filtered_means=mf,
+        filtered_covariances=Pf,
+        predicted_means=mp,
+        predicted_covariances=Pp,
+    )
+
+
+def _smoother_gain(P_filt, F, P_pred):
+    """G = P_filt F^T P_pred^{-1}, through a Cholesky solve."""
+    L = jnp.linalg.cholesky(P_pred)
+    return cho_solve((L, True), F @ P_filt).T
+
+
+def _smooth_back(m_f, P_f, F, m_p_next, P_p_next, m_s_next, P_s_next):
+    G = _smoother_gain(P_f, F, P_p_next)
+    m_s = m_f + G @ (m_s_next - m_p_next)
+    P_s = _symmetrize(P_f + G @ (P_s_next - P_p_next) @ G.T)
+    return m_s, P_s, G @ P_s_next
+
+
+def rts_smoother(params: LinearGaussianParams, filtered: FilterResult) -> SmoothResult:
+    """Rauch–Tung–Striebel smoother over the output of ``kalman_filter``.
+
+    Also smooths back to the initial state z_0 (needed by EM's initial-state
+    M-step) and returns Cov[z_t, z_{t+1} | y] for consecutive states.
+    """
+    T = filtered.filtered_means.shape[0]
+
+    def F_at(t):
+        return params.F[t] if time_varying(params).F else params.F
+
+    def step(carry, t):
+        m_s_next, P_s_next = carry
+        m_s, P_s, cross = _smooth_back(
+            filtered.filtered_means[t],
+            filtered.filtered_covariances[t],
+            F_at(t + 1),
+            filtered.predicted_means[t + 1],
+            filtered.predicted_covariances[t + 1],
+            m_s_next,
+            P_s_next,
+        )
+        return (m_s, P_s), (m_s, P_s, cross)
+
+    last = (filtered.filtered_means[-1], filtered.filtered_covariances[-1])
+    (m1, P1), (ms, Ps, cross) = lax.scan(step, last, jnp.arange(T - 1), reverse=True)
+    ms = jnp.concatenate([ms, last[0][None]], axis=0)
+    Ps = jnp.concatenate([Ps, last[1][None]], axis=0)
+    m0, P0, cross0 = _smooth_back(
+        params.initial_mean,
+        params.initial_covariance,
+        F_at(0),
+        filtered.predicted_means[0],
+        filtered.predicted_covariances[0],
+        ms[0],
+        Ps[0],
+    )
+    return SmoothResult(
+        **vars(filtered),
+        smoothed_means=ms,
+        smoothed_covariances=Ps,
+        smoothed_cross_covariances=cross,
+        initial_smoothed_mean=m0,
+        initial_smoothed_covariance=P0,
+        initial_cross_covariance=cross0,
+    )
+
+
+def emission_moments(params: LinearGaussianParams, means, covariances, include_noise=True):
+    """Moments of y_t = H_t z_t + d_t (+ noise) under z_t ~ N(means[t], covariances[t]).
+
+    ``means`` (T, dz), ``covariances`` (T, dz, dz) -> (T, dy), (T, dy, dy).
+    """
+    T = means.shape[0]
+
+    def one(t, m, P):
+        p = params_at(params, t)
+        S = p.H @ P @ p.H.T + (p.R if include_noise else 0.0)
+        return p.H @ m + p.d, _symmetrize(S)
+
+    return jax.vmap(one)(jnp.arange(T), means, covariances)
+
+
+def kalman_forecast(params: LinearGaussianParams, mean, covariance, num_steps: int) -> Forecast:
+    """Propagate N(mean, covariance) ``num_steps`` transitions ahead (time-invariant params)."""
+    if any(time_varying(params)):
+        raise ValueError("kalman_forecast needs time-invariant matrices")
+
+    def step(carry, _):
+        m, P = predict(*carry, params.F, params.c, params.Q)
+        return (m, P), (m, P)
+
+    _, (ms, Ps) = lax.scan(step, (mean, covariance), None, length=num_steps)
+    ym, yP = jax.vmap(lambda m, P: (params.H @ m + params.d, _symmetrize(params.H @ P @ params.H.T + params.R)))(ms, Ps)
+    return Forecast(state_means=ms, state_covariances=Ps, emission_means=ym, emission_covariances=yP)

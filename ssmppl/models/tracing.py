@@ -1,0 +1,395 @@
+"""Reading a NumPyro ``scan`` program as a state-space model.
+
+A user's model samples global sites, then an initial state, then calls
+``numpyro.contrib.control_flow.scan`` with a step function holding one latent
+sample site (the state) and one emission site. Under any handler, ``scan``
+emits a ``control_flow`` message whose ``fn`` is NumPyro's ``scan_wrapper``;
+``ScanInterceptor`` swaps that ``fn`` for its own, so every outer handler has
+already filled in its keyword arguments (``rng_key``...) when it runs. There it
+builds a ``StateSpace``: the initial-state distribution and the step function
+turned into pure JAX functions ``(z_prev, xs_t) -> transition`` and
+``(z_t, xs_t) -> emission`` (each runs the user's step under ``block`` with the
+latent site's value forced), plus the observations. A callback then does
+whatever the caller wants with it (store it, or add a marginal-likelihood
+factor to the model), and the scan returns NaN placeholders of the right shapes:
+the latent path itself is never sampled.
+
+Model structure is found in two passes. ``discover`` runs the model once with
+the scan replaced by a probe that records which body site is the state (its
+value is the new carry), which is the emission (the observed site, or the other
+sample site when simulating) and which outer site is the initial state (its
+value is the scan's ``init``). The second pass uses those names: it must know
+the initial-state site *before* the scan, to take it out of the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro import handlers
+from numpyro.contrib.control_flow.scan import scan_wrapper
+from numpyro.ops.pytree import PytreeTrace
+from numpyro.primitives import Messenger
+
+from ..errors import ModelStructureError, ObservationShapeError
+from .dependence import reads
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteNames:
+    """Names of the model's state-space sites.
+
+    ``init`` is None when the scan starts from a value that is not a sample
+    site (a known initial state, treated as a point mass).
+    """
+
+    latent: str
+    obs: str
+    init: Optional[str]
+    globals: tuple = ()  # global (outer) sample and param sites, in model order
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSpace:
+    """What a backend receives: a state-space model as distributions.
+
+    States are handed to the functions below as flat vectors (dz,); the
+    distributions they return have the model's own shapes (``state_shape``,
+    ``obs_shape``), and ``flat`` helpers convert.
+
+    initial: distribution of z_0, or None for a point mass at ``initial_value``.
+    initial_value: (dz,) flat z_0 when ``initial`` is None.
+    transition(z_prev (dz,), xs_t) -> distribution of z_t.
+    emission(z (dz,), xs_t) -> distribution of y_t.
+    xs: the scan's inputs, leading axis T (or None); ``xs_at(t)`` slices them.
+    observations: (T, dy), NaN where missing.
+    """
+
+    initial: Any
+    initial_value: Optional[jax.Array]
+    transition: Callable
+    emission: Callable
+    xs: Any
+    length: int
+    observations: jax.Array
+    state_shape: tuple
+    obs_shape: tuple
+    names: SiteNames
+
+    @property
+    def state_dim(self) -> int:
+        return int(np.prod(self.state_shape, dtype=int))
+
+    @property
+    def obs_dim(self) -> int:
+        return int(np.prod(self.obs_shape, dtype=int))
+
+    def xs_at(self, t):
+        return jax.tree.map(lambda a: a[t], self.xs)
+
+    def xs_example(self):
+        """The inputs of the first step (used for trace-time structure checks)."""
+        return None if self.xs is None else self.xs_at(0)
+
+
+class _StepRecorder(Messenger):
+    """Records the sites of one call of the step function.
+
+    When ``latent_value`` is given the latent site takes it instead of being
+    sampled; an unobserved emission site takes a NaN placeholder.
+    """
+
+    def __init__(self, latent=None, latent_value=None, obs=None):
+        self.latent, self.latent_value, self.obs = latent, latent_value, obs
+        self.sites = {}
+        super().__init__()
+
+    def process_message(self, msg):
+        if msg["type"] != "sample" or msg["value"] is not None:
+            return
+        if msg["name"] == self.latent and self.latent_value is not None:
+            msg["value"] = self.latent_value
+        elif msg["name"] == self.obs:
+            shape = msg["fn"].shape(msg["kwargs"].get("sample_shape", ()))
+            msg["value"] = jnp.full(shape, jnp.nan, _float_dtype())
+
+    def postprocess_message(self, msg):
+        if msg["type"] in ("sample", "deterministic"):
+            self.sites[msg["name"]] = msg
+
+
+def _float_dtype():
+    return jnp.result_type(float)
+
+
+def run_step(f, carry, x, latent=None, latent_value=None, obs=None, rng_key=None):
+    """Run the user's step once, hidden from outer handlers.
+
+    Returns (sites, new_carry, output): the recorded sites by name and what the
+    step returned.
+    """
+    recorder = _StepRecorder(latent, latent_value, obs)
+    fn = handlers.seed(f, rng_key) if rng_key is not None else f
+    with handlers.block(), recorder:
+        new_carry, output = fn(carry, x)
+    return recorder.sites, new_carry, output
+
+
+def _first(xs):
+    return None if xs is None else jax.tree.map(lambda a: a[0], xs)
+
+
+def _scan_length(xs, length):
+    leaves = jax.tree.leaves(xs)
+    lengths = {int(jnp.shape(a)[0]) for a in leaves}
+    if length is not None:
+        lengths.add(int(length))
+    if not lengths:
+        raise ModelStructureError("scan has neither `xs` nor `length`: its number of steps is unknown")
+    if len(lengths) > 1:
+        raise ObservationShapeError(
+            f"the scan's inputs disagree on the number of time steps: leading sizes {sorted(lengths)} "
+            "(length=... and every array in xs, observations included, must have the same first axis)"
+        )
+    return lengths.pop()
+
+
+def _discover_body(f, init, xs, latent, obs):
+    """Find the latent and emission site names from one probe run of the step."""
+    sites, new_carry, _ = run_step(f, init, _first(xs), rng_key=jax.random.PRNGKey(0))
+    samples = {k: s for k, s in sites.items() if s["type"] == "sample"}
+    unobserved = [k for k, s in samples.items() if not s["is_observed"]]
+    observed = [k for k, s in samples.items() if s["is_observed"]]
+    if latent is None:
+        carried = [k for k in unobserved if samples[k]["value"] is new_carry]
+        if not carried:
+            if not unobserved:
+                raise ModelStructureError(
+                    "the scan body has no latent sample site: the state must be a numpyro.sample "
+                    "site without obs= inside the step function"
+                )
+            raise ModelStructureError(
+                f"the scan body's new carry is not the value of a sample site (sample sites: {unobserved}); "
+                "the step must return the sampled state itself as the carry, `return z, ...`. "
+                "If the carry holds more than the state, make the state a single vector site "
+                "(augment the state) or pass latent=... to SSM"
+            )
+        latent = carried[0]
+    elif latent not in samples:
+        raise ModelStructureError(f"latent site {latent!r} is not a sample site in the scan body (sites: {list(samples)})")
+    if obs is None:
+        candidates = observed or [k for k in unobserved if k != latent]
+        if not candidates:
+            raise ModelStructureError("the scan body has no emission site: add numpyro.sample('y', ..., obs=y_t)")
+        if len(candidates) > 1:
+            raise ModelStructureError(
+                f"the scan body has several emission sites {candidates}: combine them into one vector "
+                "site (e.g. dist.Normal(...).to_event(1)), or name one with SSM(..., obs=...)"
+            )
+        obs = candidates[0]
+    elif obs not in samples:
+        raise ModelStructureError(f"emission site {obs!r} is not a sample site in the scan body (sites: {list(samples)})")
+    extra = [k for k in unobserved if k not in (latent, obs)] + [k for k in observed if k != obs]
+    if extra:
+        raise ModelStructureError(
+            f"the scan body has sample sites {extra} besides the state {latent!r} and the emission {obs!r}. "
+            "ssmppl needs exactly one latent site per step: sample global parameters outside the scan "
+            "(inside it they become one new latent per time step), and put extra latent components "
+            "into the state vector"
+        )
+    return latent, obs
+
+
+class ScanInterceptor(Messenger):
+    """Replaces the model's ``scan`` over time by ``on_scan(state_space, rng_key)``.
+
+    ``names``: known site names (from ``discover``), or None in the discovery
+    pass, where the scan is only probed. The initial-state site, when known, is
+    taken out of the model: it keeps a placeholder value, contributes nothing to
+    the log density and is not a latent site for samplers.
+    """
+
+    def __init__(self, fn=None, names: Optional[SiteNames] = None, latent=None, obs=None, on_scan=None):
+        self.names = names
+        self.latent, self.obs = latent, obs
+        self.on_scan = on_scan
+        self.outer_sites = {}  # name -> msg, sites seen outside the scan
+        self.initial = None
+        self.found = None  # SiteNames once the scan has been seen
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] == "control_flow" and msg["fn"] is scan_wrapper:
+            if self.found is not None:
+                raise ModelStructureError("the model calls scan more than once: ssmppl reads one scan over time")
+            msg["fn"] = self._replace_scan
+        elif msg["type"] == "sample" and self.names is not None and msg["name"] == self.names.init:
+            self.initial = msg["fn"]
+            # Integrate z_0 out: a placeholder value, no density, not a latent.
+            msg["value"] = jnp.zeros(msg["fn"].shape(msg["kwargs"].get("sample_shape", ())), _float_dtype())
+            msg["fn"] = msg["fn"].mask(False)
+            msg["is_observed"] = True
+            msg["infer"] = {**msg.get("infer", {}), "ssmppl_initial_state": True}
+
+    def postprocess_message(self, msg):
+        if msg["type"] in ("sample", "param") and msg.get("name") is not None and self.found is None:
+            self.outer_sites[msg["name"]] = msg
+
+    def _replace_scan(self, f, init, xs, length, reverse, rng_key=None, substitute_stack=None,
+                      history=1, enum=False, **_):
+        if reverse:
+            raise ModelStructureError("scan(..., reverse=True) is not supported: time runs forward in a state-space model")
+        if enum or history != 1:
+            raise ModelStructureError("scan with history != 1 or enumerated discrete sites is not supported")
+        T = _scan_length(xs, length)
+        latent, obs = _discover_body(f, init, xs, self.latent, self.obs)
+        init_site = [k for k, s in self.outer_sites.items()
+                     if s["type"] == "sample" and not s["is_observed"] and s["value"] is init]
+        if self.names is not None and self.names.init is not None:
+            init_site = [self.names.init]
+        globals_ = tuple(k for k in self.outer_sites if k not in init_site
+                         and not (self.outer_sites[k]["type"] == "sample" and self.outer_sites[k]["is_observed"]))
+        self.found = SiteNames(latent=latent, obs=obs, init=init_site[0] if init_site else None, globals=globals_)
+        if self.on_scan is not None:
+            problem = build_state_space(f, init, xs, T, self.found, self.initial)
+            self.on_scan(problem, rng_key)
+        return _placeholder_output(f, init, xs, T, rng_key)
+
+
+def _placeholder_output(f, init, xs, T, rng_key):
+    """NaN-filled stand-ins for what ``scan_wrapper`` would have returned."""
+    carry_struct, y_struct = jax.eval_shape(
+        lambda: run_step(f, init, _first(xs), rng_key=jax.random.PRNGKey(0))[1:]
+    )
+
+    def fill(s, lead=()):
+        shape = lead + tuple(s.shape)
+        if jnp.issubdtype(s.dtype, jnp.floating):
+            return jnp.full(shape, jnp.nan, s.dtype)
+        return jnp.zeros(shape, s.dtype)
+
+    carry = jax.tree.map(fill, carry_struct)
+    ys = jax.tree.map(lambda s: fill(s, (T,)), y_struct)
+    return (jnp.asarray(T), rng_key, carry), (PytreeTrace({}), ys)
+
+
+def _flat(x):
+    return jnp.reshape(x, (-1,))
+
+
+def build_state_space(f, init, xs, T, names: SiteNames, initial) -> StateSpace:
+    """Turn the scan's step function into transition and emission functions, with checks."""
+    x0 = _first(xs)
+    state_shape = tuple(jnp.shape(init))
+    placeholder = jnp.zeros(state_shape, jnp.result_type(init, float))
+
+    def transition(z_prev, xs_t):
+        sites, _, _ = run_step(f, z_prev.reshape(state_shape), xs_t, names.latent, placeholder, names.obs)
+        return sites[names.latent]["fn"]
+
+    def emission_given(z_prev, z, xs_t):
+        sites, _, _ = run_step(f, z_prev.reshape(state_shape), xs_t, names.latent, z.reshape(state_shape), names.obs)
+        return sites[names.obs]["fn"]
+
+    def emission(z, xs_t):
+        return emission_given(_flat(placeholder), z, xs_t)
+
+    def observation(xs_t):
+        sites, _, _ = run_step(f, placeholder, xs_t, names.latent, placeholder, names.obs)
+        site = sites[names.obs]
+        return site["value"] if site["is_observed"] else None, site["fn"]
+
+    z_flat = _flat(placeholder)
+    trans0 = transition(z_flat, x0)
+    if tuple(trans0.shape()) != state_shape:
+        raise ModelStructureError(
+            f"the latent site {names.latent!r} has shape {tuple(trans0.shape())} but the scan's initial "
+            f"state has shape {state_shape}: they must match"
+        )
+    if reads(lambda zp, z, x: jax.tree.leaves(emission_given(zp, z, x)), 0, z_flat, z_flat, x0):
+        raise ModelStructureError(
+            f"the emission site {names.obs!r} depends on the previous state: emissions must depend on the "
+            "current state only. Augment the state (carry (z_t, z_{t-1}) as one vector site) instead"
+        )
+
+    y0, emis0 = observation(x0)
+    obs_shape = tuple(emis0.shape())
+    dy = int(np.prod(obs_shape, dtype=int))
+    if y0 is None:
+        observations = jnp.full((T, dy), jnp.nan, placeholder.dtype)
+    else:
+        if tuple(jnp.shape(y0)) != obs_shape:
+            raise ObservationShapeError(
+                f"observations of site {names.obs!r} have shape {tuple(jnp.shape(y0))} per time step, but the "
+                f"emission distribution has shape {obs_shape}: pass observations of shape {(T,) + obs_shape}"
+            )
+        if xs is None:
+            observations = jnp.broadcast_to(_flat(y0), (T, dy))
+        else:
+            observations = jax.vmap(lambda x: _flat(observation(x)[0]))(xs)
+        observations = observations.astype(jnp.result_type(observations, float))
+
+    initial_value = None if initial is not None else _flat(init).astype(placeholder.dtype)
+    return StateSpace(
+        initial=initial,
+        initial_value=initial_value,
+        transition=transition,
+        emission=emission,
+        xs=xs,
+        length=T,
+        observations=observations,
+        state_shape=state_shape,
+        obs_shape=obs_shape,
+        names=names,
+    )
+
+
+def discover(model, args, kwargs, latent=None, obs=None) -> SiteNames:
+    """Site names of a state-space model (one probe run, the scan body run once)."""
+    interceptor = ScanInterceptor(latent=latent, obs=obs)
+    with handlers.seed(rng_seed=0), interceptor:
+        model(*args, **kwargs)
+    if interceptor.found is None:
+        raise ModelStructureError(
+            "the model never calls numpyro.contrib.control_flow.scan: ssmppl reads a state-space model "
+            "from a scan over time with one latent state site and one emission site"
+        )
+    return interceptor.found
+
+
+def trace_state_space(model, args, kwargs, params=None, latent=None, obs=None, names=None) -> StateSpace:
+    """The ``StateSpace`` of ``model(*args, **kwargs)`` with global sites set from ``params``.
+
+    Every global ``numpyro.sample`` site must have a value in ``params``; a
+    ``numpyro.param`` site without one takes its initial value.
+    """
+    names = names or discover(model, args, kwargs, latent, obs)
+    params = dict(params or {})
+    found = {}
+
+    def keep(problem, rng_key):
+        found["problem"] = problem
+
+    interceptor = ScanInterceptor(names=names, on_scan=keep)
+    with handlers.seed(rng_seed=0), interceptor, handlers.substitute(data=params):
+        model(*args, **kwargs)
+    check_globals_given(interceptor.outer_sites, names, params)
+    return found["problem"]
+
+
+def check_globals_given(outer_sites, names: SiteNames, params):
+    missing = [k for k, s in outer_sites.items()
+               if s["type"] == "sample" and not s["is_observed"] and k != names.init and k not in params]
+    if missing:
+        raise ModelStructureError(
+            f"no value for the global sample site(s) {missing}: pass them in params "
+            "(ssm.init_params(key, ...) returns a complete dict)"
+        )
+    unknown = [k for k in params if k not in outer_sites]
+    if unknown:
+        raise ModelStructureError(f"params has entries {unknown} that are not global sites of the model "
+                                  f"(global sites: {list(names.globals)})")

@@ -1,0 +1,146 @@
+"""``SSM``: a user's NumPyro scan model, seen as a state-space model."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from numpyro import handlers
+
+from ._jit import jit_by_arrays
+from .errors import ModelStructureError
+from .inference.base import Backend
+from .inference.kalman import Kalman
+from .models.tracing import ScanInterceptor, SiteNames, discover, trace_state_space
+
+
+def _check_method(method):
+    if not isinstance(method, Backend):
+        raise TypeError(f"method must be an ssmppl backend such as Kalman(), got {method!r}")
+    return method
+
+
+def _check_key(method, key):
+    if method.requires_key and key is None:
+        raise ValueError(f"{type(method).__name__} samples: pass key=jax.random.PRNGKey(...)")
+    return key
+
+
+class SSM:
+    """A NumPyro model with a ``scan`` over time, read as a state-space model.
+
+    The model samples its global sites (``numpyro.param``, or ``numpyro.sample``
+    with a prior), then the initial state z_0, then calls
+    ``numpyro.contrib.control_flow.scan`` with a step holding one latent site
+    (the state z_t) and one emission site (y_t, ``obs=`` the data or ``None``).
+    Observation t is emitted by the state after t transitions.
+
+    Every method takes ``params`` first: a dict of global site values that
+    override the model's own (``None``: the ``numpyro.param`` initial values),
+    then the model's own ``*args, **kwargs`` unchanged. States are returned as
+    flat vectors (dz = size of the latent site), emissions likewise (dy).
+
+    latent, obs: names of the state and emission sites in the scan body;
+    found automatically when omitted.
+    """
+
+    def __init__(self, model, latent: Optional[str] = None, obs: Optional[str] = None):
+        if not callable(model):
+            raise TypeError(f"SSM needs a NumPyro model function, got {model!r}")
+        self.model = model
+        self.latent = latent
+        self.obs = obs
+
+    def __repr__(self):
+        return f"SSM({getattr(self.model, '__name__', self.model)!r})"
+
+    # -- structure -----------------------------------------------------------
+    def site_names(self, *args, **kwargs) -> SiteNames:
+        """The state, emission, initial-state and global site names for these arguments."""
+        return discover(self.model, args, kwargs, self.latent, self.obs)
+
+    def state_space(self, params, *args, **kwargs):
+        """The ``StateSpace`` handed to backends (call inside jit for speed)."""
+        return trace_state_space(self.model, args, kwargs, params, self.latent, self.obs)
+
+    # -- parameters and simulation -------------------------------------------
+    def init_params(self, key, *args, **kwargs) -> dict:
+        """Global site values: ``numpyro.param`` initial values and prior draws of sample sites."""
+        names = self.site_names(*args, **kwargs)
+        interceptor = ScanInterceptor(latent=self.latent, obs=self.obs)
+        with handlers.seed(rng_seed=key), interceptor:
+            self.model(*args, **kwargs)
+        return {k: interceptor.outer_sites[k]["value"] for k in names.globals}
+
+    def sample(self, key, params, *args, **kwargs):
+        """Simulate ``(states (T, dz), emissions (T, dy))``.
+
+        Call with the observations left ``None`` (e.g. ``ssm.sample(key, params, T=100)``);
+        global sample sites missing from ``params`` are drawn from their priors.
+        """
+        return jit_by_arrays(self._sample, key, params, *args, **kwargs)
+
+    def _sample(self, key, params, *args, **kwargs):
+        names = self.site_names(*args, **kwargs)
+        model = handlers.substitute(handlers.seed(self.model, key), data=dict(params or {}))
+        tr = handlers.trace(model).get_trace(*args, **kwargs)
+        states, emissions = tr[names.latent]["value"], tr[names.obs]["value"]
+        T = states.shape[0]
+        return states.reshape(T, -1), emissions.reshape(T, -1)
+
+    # -- filtering and smoothing ---------------------------------------------
+    def filter(self, params, *args, method: Backend = Kalman(), key=None, **kwargs):
+        """Filter: a result with ``marginal_loglik``, ``log_predictive (T,)``,
+        ``filtered_means (T, dz)``, ``filtered_covariances (T, dz, dz)``,
+        ``predicted_means``, ``predicted_covariances``."""
+        _check_key(_check_method(method), key)
+        return jit_by_arrays(self._filter, method, key, params, *args, **kwargs)
+
+    def _filter(self, method, key, params, *args, **kwargs):
+        return method.filter(self.state_space(params, *args, **kwargs), key)
+
+    def smooth(self, params, *args, method: Backend = Kalman(), key=None, **kwargs):
+        """Filter and smooth: adds ``smoothed_means (T, dz)``, ``smoothed_covariances``,
+        ``smoothed_cross_covariances (T-1, dz, dz)`` (Cov[z_t, z_{t+1} | y]) and the
+        smoothed initial state."""
+        _check_key(_check_method(method), key)
+        return jit_by_arrays(self._smooth, method, key, params, *args, **kwargs)
+
+    def _smooth(self, method, key, params, *args, **kwargs):
+        return method.smooth(self.state_space(params, *args, **kwargs), key)
+
+    def log_likelihood(self, params, *args, method: Backend = Kalman(), key=None, **kwargs):
+        """log p(y_{1:T} | params), the latent path integrated out (an estimate for sampling backends)."""
+        _check_key(_check_method(method), key)
+        return jit_by_arrays(self._log_likelihood, method, key, params, *args, **kwargs)
+
+    def _log_likelihood(self, method, key, params, *args, **kwargs):
+        return method.log_likelihood(self.state_space(params, *args, **kwargs), key)
+
+    def forecast(self, params, num_steps: int, *args, method: Backend = Kalman(), key=None, **kwargs):
+        """Moments of the next ``num_steps`` states and emissions after the data:
+        ``state_means (H, dz)``, ``state_covariances``, ``emission_means (H, dy)``,
+        ``emission_covariances``."""
+        _check_key(_check_method(method), key)
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        return jit_by_arrays(self._forecast, method, key, num_steps, params, *args, **kwargs)
+
+    def _forecast(self, method, key, num_steps, params, *args, **kwargs):
+        problem = self.state_space(params, *args, **kwargs)
+        if key is not None:
+            key, filter_key = jax.random.split(key)
+        else:
+            filter_key = None
+        return method.forecast(problem, method.filter(problem, filter_key), num_steps, key)
+
+    def posterior_predictive(self, params, *args, method: Backend = Kalman(), key=None, **kwargs):
+        """Smoothed emission means and standard deviations, each (T, dy):
+        E[y_t | y_{1:T}] and sd[y_t | y_{1:T}] (emission noise included)."""
+        _check_key(_check_method(method), key)
+        return jit_by_arrays(self._posterior_predictive, method, key, params, *args, **kwargs)
+
+    def _posterior_predictive(self, method, key, params, *args, **kwargs):
+        problem = self.state_space(params, *args, **kwargs)
+        return method.posterior_predictive(problem, method.smooth(problem, key))
