@@ -229,8 +229,8 @@ class ScanInterceptor(Messenger):
             msg["fn"] = self._replace_scan
         elif msg["type"] == "sample" and self.names is not None and msg["name"] == self.names.init:
             self.initial = msg["fn"]
-            # Integrate z_0 out: a placeholder value, no density, not a latent.
-            msg["value"] = jnp.zeros(msg["fn"].shape(msg["kwargs"].get("sample_shape", ())), _float_dtype())
+            # Integrate z_0 out: a NaN placeholder (it is never drawn), no density, not a latent.
+            msg["value"] = jnp.full(msg["fn"].shape(msg["kwargs"].get("sample_shape", ())), jnp.nan, _float_dtype())
             msg["fn"] = msg["fn"].mask(False)
             msg["is_observed"] = True
             msg["infer"] = {**msg.get("infer", {}), "ssmppl_initial_state": True}
@@ -246,11 +246,14 @@ class ScanInterceptor(Messenger):
         if enum or history != 1:
             raise ModelStructureError("scan with history != 1 or enumerated discrete sites is not supported")
         T = _scan_length(xs, length)
+        if self.initial is not None:
+            init = jnp.zeros_like(init)  # the NaN placeholder of an integrated-out z_0
         latent, obs = _discover_body(f, init, xs, self.latent, self.obs)
-        init_site = [k for k, s in self.outer_sites.items()
-                     if s["type"] == "sample" and not s["is_observed"] and s["value"] is init]
-        if self.names is not None and self.names.init is not None:
-            init_site = [self.names.init]
+        if self.names is not None:
+            init_site = [self.names.init] if self.names.init is not None else []
+        else:
+            init_site = [k for k, s in self.outer_sites.items()
+                         if s["type"] == "sample" and not s["is_observed"] and s["value"] is init]
         globals_ = tuple(k for k in self.outer_sites if k not in init_site
                          and not (self.outer_sites[k]["type"] == "sample" and self.outer_sites[k]["is_observed"]))
         self.found = SiteNames(latent=latent, obs=obs, init=init_site[0] if init_site else None, globals=globals_)
