@@ -149,12 +149,15 @@ def make_case(name, T, missing=True, seed=0):
 CASES = ["time_varying", "inputs", "scalar"]
 
 
-@pytest.mark.parametrize("parallel", [False, True], ids=["sequential", "parallel"])
+METHODS = {"sequential": Kalman(), "square-root": Kalman(square_root=True), "parallel": Kalman(parallel=True)}
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case", CASES)
-def test_against_brute_force_joint_gaussian(case, parallel):
+def test_against_brute_force_joint_gaussian(case, method):
     model, args, kwargs, mats, ys = make_case(case, T=6)
     ssm = SSM(model)
-    result = ssm.smooth(None, *args, method=Kalman(parallel=parallel), **kwargs)
+    result = ssm.smooth(None, *args, method=METHODS[method], **kwargs)
     ref = brute_force(mats["m0"], mats["P0"], mats["F"], mats["c"], mats["Q"], mats["H"], mats["d"], mats["R"], ys)
     for field in FIELDS:
         assert_close(getattr(result, field), ref[field], name=field)
@@ -204,9 +207,10 @@ def test_parallel_equals_sequential_long(case):
     model, args, kwargs, mats, ys = make_case(case, T=200, seed=2)
     ssm = SSM(model)
     seq = ssm.smooth(None, *args, **kwargs)
-    par = ssm.smooth(None, *args, method=Kalman(parallel=True), **kwargs)
-    for field in FIELDS:
-        assert_close(getattr(par, field), getattr(seq, field), name=field)
+    for method in (Kalman(parallel=True), Kalman(square_root=True)):
+        other = ssm.smooth(None, *args, method=method, **kwargs)
+        for field in FIELDS:
+            assert_close(getattr(other, field), getattr(seq, field), name=f"{method}: {field}")
 
 
 def test_missing_data_equals_skipping_entries():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from .linear_gaussian import (
     kalman_filter,
     kalman_forecast,
     rts_smoother,
+    sqrt_kalman_filter,
     time_varying,
 )
 from .parallel_kalman import parallel_kalman_filter, parallel_rts_smoother
@@ -101,21 +103,42 @@ class Kalman(Backend):
     parallel: run filter and smoother in parallel in time (associative scan,
     Särkkä & García-Fernández 2021): O(log T) depth, for accelerators. The
     sequential version is faster on CPU.
+
+    square_root (sequential only): carry covariance factors updated by QR
+    (array algorithm) instead of covariances (Joseph form). It stays finite
+    where the covariance form's innovation Cholesky breaks down in float32
+    (diffuse priors such as P0 = 1e6 I, tiny observation noise). ``None``
+    (default) picks it for float32 models and the covariance form, a little
+    faster, for float64.
     """
 
     parallel: bool = False
+    square_root: Optional[bool] = None
 
-    def _filter(self, params, ys):
-        return (parallel_kalman_filter if self.parallel else kalman_filter)(params, ys)
+    def _use_square_root(self, dtype):
+        if self.square_root is None:
+            return not self.parallel and jnp.dtype(dtype) == jnp.float32
+        if self.square_root and self.parallel:
+            raise ValueError("Kalman(parallel=True) has no square-root form: use one of the two")
+        return self.square_root
+
+    def _run(self, problem, smooth):
+        params = linear_gaussian_params(problem)
+        ys = problem.observations.astype(params.F.dtype)
+        if self.parallel:
+            filtered = parallel_kalman_filter(params, ys)
+            return parallel_rts_smoother(params, filtered) if smooth else filtered
+        if self._use_square_root(params.F.dtype):
+            filtered, factors = sqrt_kalman_filter(params, ys)
+        else:
+            filtered, factors = kalman_filter(params, ys), None
+        return rts_smoother(params, filtered, factors) if smooth else filtered
 
     def filter(self, problem, key=None):
-        params = linear_gaussian_params(problem)
-        return self._filter(params, problem.observations.astype(params.F.dtype))
+        return self._run(problem, smooth=False)
 
     def smooth(self, problem, key=None):
-        params = linear_gaussian_params(problem)
-        filtered = self._filter(params, problem.observations.astype(params.F.dtype))
-        return (parallel_rts_smoother if self.parallel else rts_smoother)(params, filtered)
+        return self._run(problem, smooth=True)
 
     def forecast(self, problem, filtered, num_steps, key=None):
         params = linear_gaussian_params(problem)

@@ -136,25 +136,33 @@ def kalman_filter(params: LinearGaussianParams, ys: jax.Array) -> FilterResult:
     )
 
 
-def _smoother_gain(P_filt, F, P_pred):
-    """G = P_filt F^T P_pred^{-1}, through a Cholesky solve."""
-    L = jnp.linalg.cholesky(P_pred)
-    return cho_solve((L, True), F @ P_filt).T
+def _smoother_gain(P_filt, F, P_pred, L_pred=None):
+    """G = P_filt F^T P_pred^{-1}, by triangular solves with a factor of P_pred.
+
+    ``L_pred`` (any lower-triangular L with L L^T = P_pred, e.g. from the
+    square-root filter) avoids re-factorising P_pred.
+    """
+    L = jnp.linalg.cholesky(P_pred) if L_pred is None else L_pred
+    X = solve_triangular(L, F @ P_filt, lower=True)
+    return solve_triangular(L, X, lower=True, trans="T").T
 
 
-def _smooth_back(m_f, P_f, F, m_p_next, P_p_next, m_s_next, P_s_next):
-    G = _smoother_gain(P_f, F, P_p_next)
+def _smooth_back(m_f, P_f, F, m_p_next, P_p_next, m_s_next, P_s_next, L_p_next=None):
+    G = _smoother_gain(P_f, F, P_p_next, L_p_next)
     m_s = m_f + G @ (m_s_next - m_p_next)
     P_s = _symmetrize(P_f + G @ (P_s_next - P_p_next) @ G.T)
     return m_s, P_s, G @ P_s_next
 
 
-def rts_smoother(params: LinearGaussianParams, filtered: FilterResult) -> SmoothResult:
+def rts_smoother(params: LinearGaussianParams, filtered: FilterResult, predicted_factors=None) -> SmoothResult:
     """Rauch–Tung–Striebel smoother over the output of ``kalman_filter``.
 
     Also smooths back to the initial state z_0 (needed by EM's initial-state
     M-step) and returns Cov[z_t, z_{t+1} | y] for consecutive states.
+    ``predicted_factors`` (T, dz, dz): triangular factors of the predicted
+    covariances from ``sqrt_kalman_filter``, used instead of Cholesky factors.
     """
+    Lp = predicted_factors
     T = filtered.filtered_means.shape[0]
 
     def F_at(t):
@@ -170,6 +178,7 @@ def rts_smoother(params: LinearGaussianParams, filtered: FilterResult) -> Smooth
             filtered.predicted_covariances[t + 1],
             m_s_next,
             P_s_next,
+            None if Lp is None else Lp[t + 1],
         )
         return (m_s, P_s), (m_s, P_s, cross)
 
@@ -185,6 +194,7 @@ def rts_smoother(params: LinearGaussianParams, filtered: FilterResult) -> Smooth
         filtered.predicted_covariances[0],
         ms[0],
         Ps[0],
+        None if Lp is None else Lp[0],
     )
     return SmoothResult(
         **vars(filtered),
@@ -224,3 +234,75 @@ def kalman_forecast(params: LinearGaussianParams, mean, covariance, num_steps: i
     _, (ms, Ps) = lax.scan(step, (mean, covariance), None, length=num_steps)
     ym, yP = jax.vmap(lambda m, P: (params.H @ m + params.d, _symmetrize(params.H @ P @ params.H.T + params.R)))(ms, Ps)
     return Forecast(state_means=ms, state_covariances=Ps, emission_means=ym, emission_covariances=yP)
+
+
+# -- square-root form ------------------------------------------------------------
+# Covariances are carried as factors P = L L^T and updated by QR decompositions of
+# "pre-arrays", never by forming H P H^T + R: conditioning is that of the
+# factors (the square root of the covariances'), so a diffuse prior (P0 = 1e6 I)
+# or a tiny observation noise stays finite in float32, where the covariance
+# form's Cholesky of the innovation covariance breaks down.
+
+
+def psd_factor(P):
+    """A square root A (A A^T = P) of a symmetric PSD matrix, singular ones included."""
+    w, V = jnp.linalg.eigh(_symmetrize(P))
+    return V * jnp.sqrt(jnp.clip(w, 0.0))
+
+
+def _tria(A):
+    """Lower-triangular L with L L^T = A A^T (A is n x m, m >= n)."""
+    return jnp.linalg.qr(A.T, mode="r").T[:, : A.shape[0]]
+
+
+def sqrt_predict(m, L, F, c, LQ):
+    return F @ m + c, _tria(jnp.concatenate([F @ L, LQ], axis=1))
+
+
+def sqrt_update(m, L, y, H, d, R, LR):
+    """Square-root measurement update (NaN entries of y missing).
+
+    ``LR`` is a factor of R used when every component is observed; otherwise the
+    factor of the masked R is recomputed for this step.
+    """
+    y0, H0, d0, R0, n_obs = masked_emission(y, H, d, R)
+    observed_all = n_obs == y.shape[0]
+    LR0 = lax.cond(observed_all, lambda: LR, lambda: jnp.linalg.cholesky(R0))
+    dy, dz = H0.shape
+    pre = jnp.block([[LR0, H0 @ L], [jnp.zeros((dz, dy), L.dtype), L]])
+    post = _tria(pre)
+    S_half, K_bar, L_new = post[:dy, :dy], post[dy:, :dy], post[dy:, dy:]
+    v = y0 - H0 @ m - d0
+    w = solve_triangular(S_half, v, lower=True)
+    log_det = 2.0 * jnp.sum(jnp.log(jnp.abs(jnp.diag(S_half))))
+    ll = -0.5 * (w @ w + log_det + n_obs * _LOG_2PI)
+    return m + K_bar @ w, L_new, ll
+
+
+def sqrt_kalman_filter(params: LinearGaussianParams, ys: jax.Array):
+    """Square-root Kalman filter. Returns (FilterResult, predicted factors (T, dz, dz))."""
+    tv = time_varying(params)
+    T = ys.shape[0]
+    LQ = jax.vmap(psd_factor)(params.Q) if tv.Q else psd_factor(params.Q)
+    LR = jax.vmap(psd_factor)(params.R) if tv.R else psd_factor(params.R)
+
+    def step(carry, inputs):
+        m, L = carry
+        t, y = inputs
+        p = params_at(params, t)
+        m_pred, L_pred = sqrt_predict(m, L, p.F, p.c, LQ[t] if tv.Q else LQ)
+        m_filt, L_filt, ll = sqrt_update(m_pred, L_pred, y, p.H, p.d, p.R, LR[t] if tv.R else LR)
+        return (m_filt, L_filt), (m_filt, L_filt, m_pred, L_pred, ll)
+
+    init = (params.initial_mean, psd_factor(params.initial_covariance))
+    _, (mf, Lf, mp, Lp, lls) = lax.scan(step, init, (jnp.arange(T), ys))
+    outer = lambda L: L @ jnp.swapaxes(L, -1, -2)
+    result = FilterResult(
+        marginal_loglik=pairwise_sum(lls),
+        log_predictive=lls,
+        filtered_means=mf,
+        filtered_covariances=outer(Lf),
+        predicted_means=mp,
+        predicted_covariances=outer(Lp),
+    )
+    return result, Lp
