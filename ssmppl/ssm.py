@@ -11,7 +11,7 @@ from numpyro import handlers
 from ._jit import jit_by_arrays
 from .errors import ModelStructureError
 from .inference.base import Backend
-from .inference.kalman import Kalman
+from .inference.kalman import Kalman, linear_gaussian_params
 from .models.tracing import ScanInterceptor, SiteNames, discover, trace_state_space
 
 
@@ -19,6 +19,60 @@ def _check_method(method):
     if not isinstance(method, Backend):
         raise TypeError(f"method must be an ssmppl backend such as Kalman(), got {method!r}")
     return method
+
+
+def _is_concrete(x):
+    return not isinstance(x, jax.core.Tracer)
+
+
+_FIELD_ROLES = {
+    "initial_mean": "initial-state mean", "initial_covariance": "initial-state covariance",
+    "F": "transition matrix", "c": "transition offset", "Q": "transition covariance",
+    "H": "emission matrix", "d": "emission offset", "R": "emission covariance",
+}
+
+
+def _diagnose_nan(problem):
+    """Why a linear Gaussian filter gave NaN, per field: NaN entries, or (covariances)
+    negative eigenvalues, a singular emission covariance. Time-varying fields per step."""
+    from .inference.linear_gaussian import time_varying
+
+    params = linear_gaussian_params(problem)
+    report = {}
+    for name, value, tv in zip(params._fields, params, time_varying(params)):
+        per_step = value if tv else value[None]
+        bad = jnp.isnan(per_step).reshape((per_step.shape[0], -1)).any(-1)
+        if name in ("initial_covariance", "Q", "R"):
+            eig = jnp.linalg.eigvalsh(jnp.nan_to_num(per_step))
+            tol = 1e-10 * jnp.abs(eig).max(-1)
+            bad = bad | ((eig.min(-1) <= tol) if name == "R" else (eig.min(-1) < -tol))
+        report[name] = bad
+    return report
+
+
+def _raise_if_nan(ssm, result, method, params, args, kwargs):
+    """Bad input gets an error, not a silent NaN: explain a NaN log-likelihood when we can."""
+    ll = getattr(result, "marginal_loglik", None)
+    if ll is None or not _is_concrete(ll) or not bool(jnp.isnan(ll)):
+        return
+    msg = f"{type(method).__name__} returned a NaN log-likelihood"
+    if isinstance(method, Kalman):
+        names = ssm.site_names(*args, **kwargs)
+        report = jit_by_arrays(ssm._diagnose, params, *args, **kwargs)
+        problems = []
+        for field, bad in report.items():
+            bad = jnp.asarray(bad)
+            if bool(bad.any()):
+                steps = [int(i) + 1 for i in jnp.nonzero(bad)[0][:5]] if bad.shape[0] > 1 else None
+                site = names.init if field.startswith("initial") else (names.latent if field in "FcQ" else names.obs)
+                what = _FIELD_ROLES[field]
+                extra = " (NaN or not positive semi-definite)" if field in ("initial_covariance", "Q") else (
+                    " (NaN or not positive definite)" if field == "R" else " (NaN)")
+                problems.append(f"{what} of site {site!r}{extra}" + (f" at steps {steps}" if steps else ""))
+        if problems:
+            raise ValueError(msg + ": invalid " + "; ".join(problems) + ". NaN is allowed only in "
+                             "observations (missing data); covariances must be positive definite")
+    raise ValueError(msg + ": check parameters and inputs for NaN/inf and covariances for positive definiteness")
 
 
 def _check_key(method, key):
@@ -95,7 +149,9 @@ class SSM:
         ``filtered_means (T, dz)``, ``filtered_covariances (T, dz, dz)``,
         ``predicted_means``, ``predicted_covariances``."""
         _check_key(_check_method(method), key)
-        return jit_by_arrays(self._filter, method, key, params, *args, **kwargs)
+        result = jit_by_arrays(self._filter, method, key, params, *args, **kwargs)
+        _raise_if_nan(self, result, method, params, args, kwargs)
+        return result
 
     def _filter(self, method, key, params, *args, **kwargs):
         return method.filter(self.state_space(params, *args, **kwargs), key)
@@ -105,7 +161,9 @@ class SSM:
         ``smoothed_cross_covariances (T-1, dz, dz)`` (Cov[z_t, z_{t+1} | y]) and the
         smoothed initial state."""
         _check_key(_check_method(method), key)
-        return jit_by_arrays(self._smooth, method, key, params, *args, **kwargs)
+        result = jit_by_arrays(self._smooth, method, key, params, *args, **kwargs)
+        _raise_if_nan(self, result, method, params, args, kwargs)
+        return result
 
     def _smooth(self, method, key, params, *args, **kwargs):
         return method.smooth(self.state_space(params, *args, **kwargs), key)
@@ -113,7 +171,13 @@ class SSM:
     def log_likelihood(self, params, *args, method: Backend = Kalman(), key=None, **kwargs):
         """log p(y_{1:T} | params), the latent path integrated out (an estimate for sampling backends)."""
         _check_key(_check_method(method), key)
-        return jit_by_arrays(self._log_likelihood, method, key, params, *args, **kwargs)
+        ll = jit_by_arrays(self._log_likelihood, method, key, params, *args, **kwargs)
+        if _is_concrete(ll) and bool(jnp.isnan(ll)):
+            _raise_if_nan(self, self.filter(params, *args, method=method, key=key, **kwargs), method, params, args, kwargs)
+        return ll
+
+    def _diagnose(self, params, *args, **kwargs):
+        return _diagnose_nan(self.state_space(params, *args, **kwargs))
 
     def _log_likelihood(self, method, key, params, *args, **kwargs):
         return method.log_likelihood(self.state_space(params, *args, **kwargs), key)

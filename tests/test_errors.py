@@ -150,3 +150,37 @@ def test_bad_method_and_num_steps():
         SSM(make()).filter(None, Y, method="kalman")
     with pytest.raises(ValueError, match="num_steps"):
         SSM(make()).forecast(None, 0, Y)
+
+
+def test_non_positive_definite_covariance_is_named():
+    from ssmppl.models import linear_gaussian_ssm
+
+    ssm = SSM(linear_gaussian_ssm(2, 3))
+    p = ssm.init_params(jax.random.PRNGKey(0), T=3)
+    y = np.ones((5, 3))
+    with pytest.raises(ValueError, match=r"transition covariance of site 'z' \(NaN or not positive semi-definite\)"):
+        ssm.log_likelihood(dict(p, Q=jnp.array([[1.0, 2.0], [2.0, 1.0]])), y)
+    with pytest.raises(ValueError, match=r"emission covariance of site 'y'"):
+        ssm.filter(dict(p, R=-jnp.eye(3)), y)
+
+
+def test_nan_in_inputs_is_an_error_with_the_step():
+    def model(u, y=None):
+        z0 = numpyro.sample("z0", dist.Normal(0.0, 1.0))
+
+        def step(z_prev, xs):
+            u_t, y_t = xs
+            z = numpyro.sample("z", dist.Normal(0.5 * z_prev + u_t, 1.0))
+            numpyro.sample("y", dist.Normal(z, 1.0), obs=y_t)
+            return z, None
+
+        scan(step, z0, (u, y))
+
+    u = np.zeros(6)
+    u[3] = np.nan
+    with pytest.raises(ValueError, match=r"transition offset of site 'z' \(NaN\) at steps \[4\]"):
+        SSM(model).smooth(None, u, np.ones(6))
+    # NaN observations are data, not an error
+    y = np.ones(6)
+    y[2] = np.nan
+    assert np.isfinite(SSM(model).log_likelihood(None, np.zeros(6), y))
