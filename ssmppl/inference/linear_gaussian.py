@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 
-from .results import FilterResult, Forecast, SmoothResult, pairwise_sum
+from .results import FilterResult, Forecast, SmoothResult
 
 _LOG_2PI = 1.8378770664093453
 
@@ -126,14 +126,7 @@ def kalman_filter(params: LinearGaussianParams, ys: jax.Array) -> FilterResult:
 
     init = (params.initial_mean, params.initial_covariance)
     _, (mf, Pf, mp, Pp, lls) = lax.scan(step, init, (jnp.arange(T), ys))
-    return FilterResult(
-        marginal_loglik=pairwise_sum(lls),
-        log_predictive=lls,
-        filtered_means=mf,
-        filtered_covariances=Pf,
-        predicted_means=mp,
-        predicted_covariances=Pp,
-    )
+    return FilterResult.from_steps(lls, mf, Pf, mp, Pp)
 
 
 def _smoother_gain(P_filt, F, P_pred, L_pred=None):
@@ -297,12 +290,5 @@ def sqrt_kalman_filter(params: LinearGaussianParams, ys: jax.Array):
     init = (params.initial_mean, psd_factor(params.initial_covariance))
     _, (mf, Lf, mp, Lp, lls) = lax.scan(step, init, (jnp.arange(T), ys))
     outer = lambda L: L @ jnp.swapaxes(L, -1, -2)
-    result = FilterResult(
-        marginal_loglik=pairwise_sum(lls),
-        log_predictive=lls,
-        filtered_means=mf,
-        filtered_covariances=outer(Lf),
-        predicted_means=mp,
-        predicted_covariances=outer(Lp),
-    )
+    result = FilterResult.from_steps(lls, mf, outer(Lf), mp, outer(Lp))
     return result, Lp

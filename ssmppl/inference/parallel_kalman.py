@@ -63,7 +63,7 @@ from .linear_gaussian import (
     predict,
     time_varying,
 )
-from .results import FilterResult, SmoothResult, pairwise_sum
+from .results import FilterResult, SmoothResult
 
 __all__ = ["parallel_kalman_filter", "parallel_rts_smoother"]
 
@@ -177,14 +177,7 @@ def parallel_kalman_filter(params: LinearGaussianParams, ys: jax.Array) -> Filte
     lls = jax.vmap(lambda m, P, y, p: _log_predictive(m, P, y, p.H, p.d, p.R), in_axes=(0, 0, 0, axes))(
         mp, Pp, ys, params
     )
-    return FilterResult(
-        marginal_loglik=pairwise_sum(lls),
-        log_predictive=lls,
-        filtered_means=mf,
-        filtered_covariances=Pf,
-        predicted_means=mp,
-        predicted_covariances=Pp,
-    )
+    return FilterResult.from_steps(lls, mf, Pf, mp, Pp)
 
 
 # --------------------------------------------------------------------------- #

@@ -34,6 +34,12 @@ class FilterResult:
     predicted_means: jax.Array
     predicted_covariances: jax.Array
 
+    @classmethod
+    def from_steps(cls, log_predictive, filtered_means, filtered_covariances, predicted_means, predicted_covariances):
+        """A result whose marginal log-likelihood is the (pairwise) sum of the per-step terms."""
+        return cls(pairwise_sum(log_predictive), log_predictive, filtered_means, filtered_covariances,
+                   predicted_means, predicted_covariances)
+
 
 @_pytree_dataclass
 class SmoothResult(FilterResult):
