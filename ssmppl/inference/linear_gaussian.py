@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.linalg import cho_solve, solve_triangular
+from jax.scipy.linalg import solve_triangular
 
 from .results import FilterResult, Forecast, SmoothResult
 
@@ -69,7 +69,10 @@ def _symmetrize(P):
 
 
 def predict(m, P, F, c, Q):
-    """One transition: moments of z_t | y_{1:t-1} from those of z_{t-1} | y_{1:t-1}."""
+    """One transition: moments of z_t | y_{1:t-1} from those of z_{t-1} | y_{1:t-1}.
+
+    Symmetrising here also keeps the filtered covariances symmetric across steps.
+    """
     return F @ m + c, _symmetrize(F @ P @ F.T + Q)
 
 
@@ -93,23 +96,21 @@ def masked_emission(y, H, d, R):
 def gaussian_update(m, P, y, H, d, R):
     """Condition N(m, P) on y = H z + d + N(0, R), NaN entries of y missing.
 
-    Uses the Joseph form of the covariance update, which stays symmetric
-    positive semi-definite under rounding (float32 over long series).
+    With S = H P H^T + R = L L^T, one triangular solve gives A = L^{-1} H P and
+    w = L^{-1} v (v the innovation); then m + A^T w, P - A^T A and the
+    log-density follow without forming the gain. This is the covariance form
+    (float64 default); the square-root form below is the robust one.
     Returns (filtered mean, filtered covariance, log p(y_observed)).
     """
     y0, H0, d0, R0, n_obs = masked_emission(y, H, d, R)
-    S = _symmetrize(H0 @ P @ H0.T + R0)
-    L = jnp.linalg.cholesky(S)
+    HP = H0 @ P
+    L = jnp.linalg.cholesky(HP @ H0.T + R0)
     v = y0 - H0 @ m - d0
-    PHt = P @ H0.T
-    K = cho_solve((L, True), PHt.T).T
-    m_new = m + K @ v
-    IKH = jnp.eye(m.shape[0], dtype=P.dtype) - K @ H0
-    P_new = _symmetrize(IKH @ P @ IKH.T + K @ R0 @ K.T)
-    w = solve_triangular(L, v, lower=True)
+    W = solve_triangular(L, jnp.concatenate([HP, v[:, None]], axis=1), lower=True)
+    A, w = W[:, :-1], W[:, -1]
     log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(L)))
     ll = -0.5 * (w @ w + log_det + n_obs * _LOG_2PI)
-    return m_new, P_new, ll
+    return m + A.T @ w, P - A.T @ A, ll
 
 
 def kalman_filter(params: LinearGaussianParams, ys: jax.Array) -> FilterResult:
