@@ -105,7 +105,7 @@ class Kalman(Backend):
     sequential version is faster on CPU.
 
     square_root (sequential only): carry covariance factors updated by QR
-    (array algorithm) instead of covariances (Joseph form). It stays finite
+    (array algorithm) instead of covariances. It stays finite
     where the covariance form's innovation Cholesky breaks down in float32
     (diffuse priors such as P0 = 1e6 I, tiny observation noise). ``None``
     (default) picks it for float32 models and the covariance form, a little
