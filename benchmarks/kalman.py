@@ -279,8 +279,7 @@ def make_statsmodels(p, ys):
         # statsmodels keeps its Cython filter/smoother (and their T x dz x dz work
         # arrays) on the model object between calls. Drop them after every call,
         # outside the timed region: each call then allocates its storage afresh, as
-        # the JAX implementations do, and the largest size fits in memory when the
-        # implementations are interleaved.
+        # the JAX implementations do, and the memory is free for the next one.
         ks._kalman_filters.clear()
         ks._kalman_smoothers.clear()
 
@@ -453,8 +452,10 @@ LEGEND = (
     "'seq' = sequential scan, 'par' = parallel-in-time associative scan (Särkkä & García-Fernández). "
     "'smoother' = filter + RTS smoother. statsmodels is always float64 (Cython, conventional filter); "
     "its smoother computes smoothed states, covariances and lag-one autocovariances. "
-    "µs/step = ssmppl sequential time / T. Every library runs in one process pinned to the same "
-    "{cpus} core(s) (--cpus; the default 1 avoids a jax 0.10 thread-pool stall, see the script)."
+    "µs/step = ssmppl sequential time / T. All libraries are pinned to the same {cpus} core(s) "
+    "(--cpus; the default 1 avoids a jax 0.10 thread-pool stall, see the script); statsmodels runs in a "
+    "child process (an out-of-memory kill there costs only its columns), its calls timed inside it. "
+    "OOM = killed for lack of memory."
 )
 
 
@@ -467,63 +468,154 @@ def relative(a, b):
     return abs(a - b) / max(abs(b), 1e-300)
 
 
+class LocalImpl:
+    """A JAX implementation, run in this process."""
+
+    def __init__(self, key, fn, out):
+        self.key, self.fn, self.out = key, fn, out
+
+    def call(self, want_result=False):
+        """(seconds, loglik, smoothed means) of one call; the last two only if wanted."""
+        dt, result = timed_call(self.fn)
+        ll = self.out["ll"](result) if want_result else None
+        sm = self.out["smoothed"](result) if want_result and self.key[2] == "smoother" else None
+        del result
+        return dt, ll, sm
+
+    def close(self):
+        pass
+
+
+def _statsmodels_worker(conn, p, ys):
+    """Child process: serve statsmodels filter/smoother calls (timed here) on one data set."""
+    try:  # if memory runs out, let the kernel kill this process rather than the benchmark
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    fns, out = make_statsmodels(p, ys)
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        key, want = msg
+        t0 = time.perf_counter()
+        result = fns[key]()
+        dt = time.perf_counter() - t0
+        ll = out["ll"](result) if want else None
+        sm = out["smoothed"](result) if want and key[2] == "smoother" else None
+        del result
+        out["cleanup"]()
+        conn.send((dt, ll, sm))
+
+
+class StatsmodelsWorker:
+    """statsmodels in a separate process (spawned, pinned like this one).
+
+    Its smoother keeps ~25 T x dz x dz arrays (about 20 GB at T=1e5, dz=32);
+    in a child process an out-of-memory kill costs only those columns.
+    """
+
+    def __init__(self, p, ys):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_statsmodels_worker, args=(child, p, ys), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def impls(self):
+        return [RemoteImpl(self, ("statsmodels", "seq", op)) for op in ("filter", "smoother")]
+
+    def request(self, key, want):
+        try:
+            self.conn.send((key, want))
+            if not self.conn.poll(ARGS.watchdog):
+                self.proc.kill()
+                raise TimeoutError(f"no answer within --watchdog {ARGS.watchdog:g} s")
+            return self.conn.recv()
+        except (EOFError, OSError):  # the worker died (BrokenPipe, ConnectionReset, EOF)
+            self.proc.join(5)
+            code = self.proc.exitcode
+            if code == -9:
+                raise MemoryError("statsmodels worker killed (SIGKILL: out of memory)") from None
+            raise RuntimeError(f"statsmodels worker died, exit code {code}") from None
+
+    def close(self):
+        if self.proc.is_alive():
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+class RemoteImpl:
+    def __init__(self, worker, key):
+        self.worker, self.key = worker, key
+
+    def call(self, want_result=False):
+        return self.worker.request(self.key, want_result)
+
+    def close(self):
+        self.worker.close()
+
+
 def run_size(T, dz, dy, log):
     rng = np.random.default_rng([ARGS.seed, T, dz, dy])
     p = random_model(rng, dz, dy)
     _, ys = simulate(rng, p, T)
-    makers = [("ssmppl", make_ssmppl)]
-    if HAVE_DYNAMAX and not ARGS.skip_dynamax:
-        makers.append(("dynamax", make_dynamax))
+    impls = []
+    for lib, maker, have in [("ssmppl", make_ssmppl, True), ("dynamax", make_dynamax, HAVE_DYNAMAX and not ARGS.skip_dynamax)]:
+        if have:
+            fns, out = maker(p, ys)
+            impls += [LocalImpl(key, fn, out) for key, fn in fns.items()]
     if HAVE_STATSMODELS and not ARGS.skip_statsmodels:
-        makers.append(("statsmodels", make_statsmodels))
+        impls += StatsmodelsWorker(p, ys).impls()
+    if ARGS.skip_parallel:
+        impls = [im for im in impls if im.key[1] != "par"]
+
+    timings, lls, smoothed, times = {}, {}, {}, {}
 
     def failed(key, e):
         msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         log(f"    {'/'.join(key):28s} FAILED ({msg})")
-        timings[key] = "failed"
+        oom = isinstance(e, MemoryError) or any(w in msg for w in ("out of memory", "RESOURCE_EXHAUSTED"))
+        timings[key] = "OOM" if oom else "failed"
+        times.pop(key, None)
 
     # 1. One untimed call each (compilation for JAX); keep the log-likelihood and
-    #    smoothed means for the agreement check, drop the rest of the result.
-    entries, timings, lls, smoothed, times, single = [], {}, {}, {}, {}, set()
-    for lib, maker in makers:
-        fns, out = maker(p, ys)
-        for key, fn in fns.items():
-            if ARGS.skip_parallel and key[1] == "par":
-                continue
-            cleanup = out.get("cleanup", lambda: None)
-            try:
-                first, result = timed_call(fn)
-            except Exception as e:  # e.g. out of memory in the largest parallel runs
-                failed(key, e)
-                continue
-            finally:
-                cleanup()
-            lls[key] = out["ll"](result)
-            if key[2] == "smoother":
-                smoothed[key] = out["smoothed"](result)
-            del result
-            log(f"    {'/'.join(key):28s} first call {first:8.2f} s   loglik {lls[key]:.10g}")
-            times[key] = []
-            if lib == "statsmodels" and first > ARGS.single_shot:
-                times[key], single = [first], single | {key}  # no compilation: this call is a measurement
-            else:
-                entries.append((key, fn, cleanup))
+    #    smoothed means for the agreement check.
+    active = []
+    for im in impls:
+        try:
+            first, lls[im.key], sm = im.call(want_result=True)
+        except Exception as e:  # e.g. out of memory in the largest runs
+            failed(im.key, e)
+            continue
+        if sm is not None:
+            smoothed[im.key] = sm
+        log(f"    {'/'.join(im.key):28s} first call {first:8.2f} s   loglik {lls[im.key]:.10g}")
+        if im.key[0] == "statsmodels" and first > ARGS.single_shot:
+            times[im.key] = [first]  # no compilation: this slow first call is the measurement
+        else:
+            times[im.key] = []
+            active.append(im)
 
     # 2. Timed calls, interleaved round-robin over the implementations so that a
     #    change of machine load (shared machine) hits all of them alike.
-    active = list(entries)
     while active:
-        for key, fn, cleanup in active:
+        for im in active:
             try:
-                dt = timed_call(fn)[0]
+                times[im.key].append(im.call()[0])
             except Exception as e:
-                failed(key, e)
-                times.pop(key, None)
-                continue
-            finally:
-                cleanup()
-            times[key].append(dt)
-        active = [e for e in active if e[0] in times and not done_repeating(times[e[0]])]
+                failed(im.key, e)
+        active = [im for im in active if im.key in times and not done_repeating(times[im.key])]
+    for im in impls:
+        im.close()
     for key, ts in times.items():
         one = len(ts) == 1
         timings[key] = (min(ts), len(ts), one)
