@@ -12,7 +12,7 @@ from ._jit import jit_by_arrays
 from .errors import ModelStructureError
 from .inference.base import Backend
 from .inference.kalman import Kalman, linear_gaussian_params
-from .models.tracing import ScanInterceptor, SiteNames, discover, trace_state_space
+from .models.tracing import ScanInterceptor, SiteNames, discover, trace_model, trace_state_space
 
 
 def _check_method(method):
@@ -118,6 +118,10 @@ class SSM:
         """The ``StateSpace`` handed to backends (call inside jit for speed)."""
         return trace_state_space(self.model, args, kwargs, params, self.latent, self.obs)
 
+    def _trace(self, params, args, kwargs):
+        """(StateSpace, global-site messages) for these parameters and arguments."""
+        return trace_model(self.model, args, kwargs, params, self.latent, self.obs)
+
     # -- parameters and simulation -------------------------------------------
     def init_params(self, key, *args, **kwargs) -> dict:
         """Global site values: ``numpyro.param`` initial values and prior draws of sample sites."""
@@ -208,3 +212,57 @@ class SSM:
     def _posterior_predictive(self, method, key, params, *args, **kwargs):
         problem = self.state_space(params, *args, **kwargs)
         return method.posterior_predictive(problem, method.smooth(problem, key))
+
+    # -- learning parameters -------------------------------------------------
+    def fit_em(self, params, *args, num_iters: int = 100, method: Backend = Kalman(), frozen=(), tol=None,
+               progress_bar: bool = True, m_step: str = "auto", m_step_iters: int = 25, m_step_optimizer=None,
+               **kwargs):
+        """Fit the global sites by expectation-maximisation; returns ``(params, log_liks (n,))``.
+
+        ``params``: starting values (missing ``numpyro.param`` sites take their
+        initial values; ``numpyro.sample`` sites must be given). Observations may be
+        one sequence (T, dy) or a batch (B, T, dy) of independent sequences sharing
+        the parameters (other per-sequence inputs then carry the same leading B).
+
+        log_liks[i] is log p(y | params_i) plus the log prior of global sample sites,
+        at the parameters iteration i started from; it never decreases for an exact
+        E-step. ``tol``: stop once |log_liks[i] - log_liks[i-1]| <= tol * |log_liks[i]|.
+        ``frozen``: global sites kept exactly at their given values.
+
+        ``m_step``: "auto" (closed form for ``ssmppl.models.linear_gaussian_ssm``,
+        generalised otherwise), "closed_form" or "generalised": maximise the expected
+        log joint under the smoothed posterior (cubature; exact for linear Gaussian
+        structure) with ``m_step_iters`` steps of L-BFGS (or ``m_step_optimizer``,
+        an optax optimiser) in the unconstrained space, keeping a step only if it
+        increases the objective.
+
+        If the log-likelihood turns non-finite, EM stops with a ``RuntimeWarning`` and
+        returns the last parameters whose log-likelihood was finite.
+        """
+        from .learning.em import fit_em
+
+        return fit_em(self, params, args, kwargs, num_iters=num_iters, method=_check_method(method), frozen=frozen,
+                      tol=tol, progress_bar=progress_bar, m_step=m_step, m_step_iters=m_step_iters,
+                      m_step_optimizer=m_step_optimizer)
+
+    def fit_sgd(self, params, *args, optimizer=None, num_epochs: int = 1000, method: Backend = Kalman(), frozen=(),
+                batch_size=None, key=None, progress_bar: bool = True, **kwargs):
+        """Fit the global sites by gradient descent; returns ``(params, losses (num_epochs,))``.
+
+        The loss is -(log p(y | params) + log prior of global sample sites) per
+        observed scalar (MAP; plain maximum likelihood for ``numpyro.param`` sites),
+        so ``-losses * num_observed`` is the log-likelihood curve. The optimiser
+        (optax; default ``optax.adam(1e-2)``) runs in the unconstrained space of the
+        sites' constraints. ``batch_size``: minibatches of sequences for batched data
+        (B, T, dy), reshuffled every epoch with ``key`` (B % batch_size leftover
+        sequences sit out each epoch). ``frozen``: sites kept exactly at their values.
+
+        If the loss or the parameters become non-finite (e.g. a learning rate too
+        large), the fit stops with a ``RuntimeWarning``, returns the last parameters
+        whose loss was finite and the losses up to there.
+        """
+        from .learning.sgd import fit_sgd
+
+        return fit_sgd(self, params, args, kwargs, optimizer=optimizer, num_epochs=num_epochs,
+                       method=_check_method(method), frozen=frozen, batch_size=batch_size, key=key,
+                       progress_bar=progress_bar)

@@ -70,4 +70,7 @@ def linear_gaussian_ssm(state_dim: int, emission_dim: int, input_dim: int = 0, *
         scan(step, z0, (y, u if du else None), length=T)
 
     model.__name__ = f"linear_gaussian_ssm_{dz}x{dy}" + (f"x{du}" if du else "")
+    # SSM.fit_em recognises this model and uses its closed-form M-step.
+    model.ssmppl_closed_form = "linear_gaussian"
+    model.ssmppl_input_dim = du
     return model

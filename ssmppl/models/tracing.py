@@ -370,6 +370,12 @@ def trace_state_space(model, args, kwargs, params=None, latent=None, obs=None, n
     Every global ``numpyro.sample`` site must have a value in ``params``; a
     ``numpyro.param`` site without one takes its initial value.
     """
+    return trace_model(model, args, kwargs, params, latent, obs, names)[0]
+
+
+def trace_model(model, args, kwargs, params=None, latent=None, obs=None, names=None):
+    """``(StateSpace, outer_sites)``: the state space and the messages of the sites
+    outside the scan (name -> msg, with ``fn``, ``value`` and, for params, ``kwargs``)."""
     names = names or discover(model, args, kwargs, latent, obs)
     params = dict(params or {})
     found = {}
@@ -381,7 +387,7 @@ def trace_state_space(model, args, kwargs, params=None, latent=None, obs=None, n
     with handlers.seed(rng_seed=0), interceptor, handlers.substitute(data=params):
         model(*args, **kwargs)
     check_globals_given(interceptor.outer_sites, names, params)
-    return found["problem"]
+    return found["problem"], interceptor.outer_sites
 
 
 def check_globals_given(outer_sites, names: SiteNames, params):

@@ -1,0 +1,183 @@
+"""Expectation-maximisation over a model's global sites.
+
+E-step: the smoother of the chosen backend gives q(z_{0:T}) (marginals and
+consecutive pairs). M-step: closed form for the built-in linear Gaussian model
+(``lgssm_mstep``); for any other model a generalised step, which increases the
+expected log joint (``expected_log_joint``, plus the log prior of global sample
+sites: MAP-EM) with an inner optimiser in the unconstrained space, and is
+accepted only if it does increase it. Each iteration records the log marginal
+likelihood (plus log prior) at the parameters it starts from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .._jit import jit_by_arrays
+from ..inference.base import Backend
+from .expected_log_joint import cubature_points, expected_log_joint
+from .lgssm_mstep import closed_form_mstep, dynamics_statistics, emission_statistics
+from .parameters import log_prior, to_constrained, to_unconstrained
+from .progress import CONVERGED, DIVERGED, RUNNING, chunk_size, run_in_chunks
+from .setup import Layout, prepare, tree_all_finite
+
+
+@dataclasses.dataclass(frozen=True)
+class _EMPlan:
+    layout: Layout
+    method: Backend
+    frozen: tuple
+    closed_form: bool
+    input_dim: int
+    num_iters: int
+    tol: Optional[float]
+    chunk: int
+    num_observed: int
+    m_step_iters: int
+    m_step_optimizer: Any
+
+
+def _e_step(plan, params, args, kwargs):
+    """Per sequence: (log-likelihood, log prior, what the M-step needs)."""
+
+    def one(_, *a, **k):
+        problem, outer = plan.layout.ssm._trace(params, a, k)
+        smoothed = plan.method.smooth(problem, None)
+        if plan.closed_form:
+            u = problem.xs[1] if plan.input_dim else None
+            dyn = dynamics_statistics(smoothed.initial_smoothed_mean, smoothed.initial_smoothed_covariance,
+                                      smoothed.initial_cross_covariance, smoothed.smoothed_means,
+                                      smoothed.smoothed_covariances, smoothed.smoothed_cross_covariances, u)
+            emis = emission_statistics(smoothed.smoothed_means, smoothed.smoothed_covariances, problem.observations,
+                                       u, params["H"], params["d"], params.get("D"), params["R"])
+            extra = (dyn, emis, (smoothed.initial_smoothed_mean, smoothed.initial_smoothed_covariance))
+        else:
+            extra = cubature_points(smoothed, problem.initial is not None)
+        return smoothed.marginal_loglik, log_prior(outer, problem.names), extra
+
+    return plan.layout.per_sequence(one, args, kwargs)
+
+
+def _generalised_mstep(plan, params, points, args, kwargs):
+    sites = plan.layout.sites(args, kwargs)
+    free = [k for k in params if k not in plan.frozen]
+    fixed = {k: v for k, v in params.items() if k in plan.frozen}
+
+    def negative_objective(u):
+        p = {**fixed, **to_constrained(u, sites)}
+
+        def one(pts, *a, **k):
+            problem, outer = plan.layout.ssm._trace(p, a, k)
+            return expected_log_joint(problem, pts), log_prior(outer, problem.names)
+
+        values, priors = plan.layout.per_sequence(one, args, kwargs, points)
+        return -(values.sum() + priors[0]) / plan.num_observed
+
+    u0 = to_unconstrained({k: params[k] for k in free}, sites)
+    if plan.m_step_optimizer is None:
+        opt = optax.lbfgs()
+        value_and_grad = optax.value_and_grad_from_state(negative_objective)
+
+        def step(carry, _):
+            u, state = carry
+            value, grad = value_and_grad(u, state=state)
+            updates, state = opt.update(grad, state, u, value=value, grad=grad, value_fn=negative_objective)
+            return (optax.apply_updates(u, updates), state), value
+    else:
+        opt = plan.m_step_optimizer
+
+        def step(carry, _):
+            u, state = carry
+            grad = jax.grad(negative_objective)(u)
+            updates, state = opt.update(grad, state, u)
+            return (optax.apply_updates(u, updates), state), None
+
+    (u, _), _ = jax.lax.scan(step, (u0, opt.init(u0)), None, length=plan.m_step_iters)
+    before, after = negative_objective(u0), negative_objective(u)
+    improved = jnp.isfinite(after) & (after <= before) & tree_all_finite(u)
+    new = {**fixed, **to_constrained(u, sites)}
+    return jax.tree.map(lambda a, b: jnp.where(improved, a, b), new, params)
+
+
+def _em_iteration(plan, state, args, kwargs):
+    params, good, prev_ll, status, count = state
+    lls, priors, extra = _e_step(plan, params, args, kwargs)
+    ll = lls.sum() + priors[0]
+    if plan.closed_form:
+        dyn, emis, init = extra
+        summed = lambda s: jax.tree.map(lambda x: x.sum(0), s)
+        new = closed_form_mstep(params, plan.frozen, summed(dyn), summed(emis), init, plan.input_dim)
+    else:
+        new = _generalised_mstep(plan, params, extra, args, kwargs)
+    ok = jnp.isfinite(ll)
+    new_ok = ok & tree_all_finite(new)
+    if plan.tol is None:
+        converged = jnp.asarray(False)
+    else:
+        converged = (count > 0) & (jnp.abs(ll - prev_ll) <= plan.tol * jnp.abs(ll))
+    status = jnp.where(~new_ok, DIVERGED, jnp.where(converged, CONVERGED, RUNNING)).astype(status.dtype)
+    ll = ll.astype(prev_ll.dtype)
+    good = jax.tree.map(lambda p, g: jnp.where(ok, p, g), params, good)
+    params = jax.tree.map(lambda n, g: jnp.where(new_ok, n, g), new, good)
+    return (params, good, ll, status, count + 1), ll
+
+
+def _em_chunk(plan, state, start, args, kwargs):
+    def body(state, i):
+        active = (i < plan.num_iters) & (state[3] == RUNNING)
+        return jax.lax.cond(active, lambda s: _em_iteration(plan, s, args, kwargs),
+                            lambda s: (s, jnp.full((), jnp.nan, s[2].dtype)), state)
+
+    return jax.lax.scan(body, state, start + jnp.arange(plan.chunk))
+
+
+def _is_builtin_lgssm(model):
+    return getattr(model, "ssmppl_closed_form", None) == "linear_gaussian"
+
+
+def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol=None, progress_bar=True,
+           m_step="auto", m_step_iters=25, m_step_optimizer=None):
+    """See ``SSM.fit_em``."""
+    if not isinstance(num_iters, int) or num_iters < 1:
+        raise ValueError(f"num_iters must be a positive int, got {num_iters!r}")
+    if tol is not None and not tol >= 0:
+        raise ValueError(f"tol must be a non-negative float or None, got {tol!r}")
+    if m_step not in ("auto", "closed_form", "generalised"):
+        raise ValueError(f"m_step must be 'auto', 'closed_form' or 'generalised', got {m_step!r}")
+    layout, sites, full, frozen, num_observed = prepare(ssm, params, args, kwargs, frozen, method)
+    builtin = _is_builtin_lgssm(ssm.model)
+    if m_step == "closed_form" and not builtin:
+        raise ValueError("the closed-form M-step exists for ssmppl.models.linear_gaussian_ssm only; "
+                         "use m_step='auto' (generalised EM for other models)")
+    closed_form = builtin and m_step != "generalised"
+    if len(frozen) == len(sites):
+        raise ValueError("every global site is frozen: nothing to fit")
+    plan = _EMPlan(layout, method, frozen, closed_form, getattr(ssm.model, "ssmppl_input_dim", 0), num_iters,
+                   None if tol is None else float(tol), chunk_size(num_iters, progress_bar), num_observed,
+                   m_step_iters, m_step_optimizer)
+    dtype = jnp.result_type(*full.values(), float)
+    state = (full, full, jnp.asarray(jnp.nan, dtype), jnp.asarray(RUNNING), jnp.asarray(0))
+
+    def run_chunk(state, start):
+        return jit_by_arrays(_em_chunk, plan, state, jnp.asarray(start), args, kwargs)
+
+    state, lls = run_in_chunks(run_chunk, state, num_iters, progress_bar, "EM", lambda s: s[3],
+                               lambda v: f"log-lik {v:.4g}")
+    params_out, _, _, status, count = state
+    lls = jnp.asarray(lls[: int(count)])
+    if int(status) == DIVERGED:
+        bad = int(count)
+        warnings.warn(
+            f"EM stopped at iteration {bad}: the log-likelihood or the M-step's parameters were not finite. "
+            "Returning the last parameters with a finite log-likelihood; check the model for covariances "
+            "that can become singular", RuntimeWarning, stacklevel=3)
+        lls = lls[jnp.isfinite(lls)]
+    # Frozen sites come back as the very objects given, bit for bit.
+    params_out = {k: (full[k] if k in frozen else v) for k, v in params_out.items()}
+    return params_out, lls
