@@ -9,7 +9,7 @@ import sys
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ssmppl", description="State-space models as NumPyro programs.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="simulate, smooth and forecast the seed-003 linear Gaussian SSM; write a figure")
+    demo = sub.add_parser("demo", help="simulate, smooth, forecast and fit (EM, SGD) the seed-003 linear Gaussian SSM; write figures")
     demo.add_argument("--out", default="demo_out", help="folder for the figure (default: demo_out)")
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -17,11 +17,13 @@ def main(argv=None) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        result = run_demo(args.out, seed=args.seed)
         print("ssmppl demo: linear Gaussian SSM, 2-d state, 10-d emissions, T=100, 50-step forecast")
-        print(f"marginal log-likelihood (Kalman): {result['marginal_loglik']:.4f}")
+        result = run_demo(args.out, seed=args.seed, progress_bar=True)
+        print(f"marginal log-likelihood (Kalman, true parameters): {result['marginal_loglik']:.4f}")
         print(f"observations inside the smoothed ±2 sd band: {100 * result['coverage_2sd']:.1f}%")
-        print(f"figure written to {result['figure']}")
+        print(f"fitted from a random initialisation: EM ({result['em_iters']} iterations) log-likelihood "
+              f"{result['em_loglik']:.4f}; SGD ({result['sgd_epochs']} Adam epochs) {result['sgd_loglik']:.4f}")
+        print(f"figures written to {result['figure']}, {result['learning_curves']}, {result['fitted_figure']}")
     return 0
 
 

@@ -215,7 +215,7 @@ class SSM:
 
     # -- learning parameters -------------------------------------------------
     def fit_em(self, params, *args, num_iters: int = 100, method: Backend = Kalman(), frozen=(), tol=None,
-               progress_bar: bool = True, m_step: str = "auto", m_step_iters: int = 25, m_step_optimizer=None,
+               progress_bar: bool = True, m_step: str = "auto", m_step_iters: int = 15, m_step_optimizer=None,
                **kwargs):
         """Fit the global sites by expectation-maximisation; returns ``(params, log_liks (n,))``.
 
@@ -232,9 +232,10 @@ class SSM:
         ``m_step``: "auto" (closed form for ``ssmppl.models.linear_gaussian_ssm``,
         generalised otherwise), "closed_form" or "generalised": maximise the expected
         log joint under the smoothed posterior (cubature; exact for linear Gaussian
-        structure) with ``m_step_iters`` steps of L-BFGS (or ``m_step_optimizer``,
-        an optax optimiser) in the unconstrained space, keeping a step only if it
-        increases the objective.
+        structure) in the unconstrained space with ``m_step_iters`` steps of
+        ``m_step_optimizer``: "newton" (damped Newton with exact Hessians; the
+        default up to 300 free scalars), "lbfgs" (the default above), or an optax
+        optimiser. A step is kept only if it increases the objective.
 
         If the log-likelihood turns non-finite, EM stops with a ``RuntimeWarning`` and
         returns the last parameters whose log-likelihood was finite.

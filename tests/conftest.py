@@ -1,5 +1,14 @@
-import jax
-import pytest
+import os
+
+# jax 0.10 on CPU runs batched LAPACK calls (vmapped Cholesky / triangular solves) on its
+# intra-op pool and blocks a worker while they wait; with 2 cores two such calls can take
+# every worker and deadlock (see benchmarks/README.md). One core gives a one-thread pool,
+# where batches run inline. Pin before jax creates its CPU client.
+if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture

@@ -61,3 +61,20 @@ def test_ill_conditioned_models_stay_finite(p0, q, r, h_scale):
     assert rel < 1e-4, rel
     scale = np.abs(np.asarray(r64.smoothed_means)).max()
     assert np.abs(np.asarray(r32.smoothed_means) - np.asarray(r64.smoothed_means)).max() < 1e-2 * scale
+
+
+def test_fit_sgd_float32_default_filter_has_finite_gradients():
+    """float32 uses the square-root filter; its factor of q I must have a finite gradient
+    (eigh's is NaN for repeated eigenvalues), or fit_sgd would stop at once."""
+    import warnings
+
+    from ssmppl.models import linear_gaussian_ssm
+
+    ssm = SSM(linear_gaussian_ssm(2, 10))
+    _, y = ssm.sample(jax.random.PRNGKey(0), ssm.init_params(jax.random.PRNGKey(1), T=100), T=100)
+    assert y.dtype == jnp.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        params, losses = ssm.fit_sgd(None, y, num_epochs=50, progress_bar=False)
+    assert losses.shape == (50,)
+    assert float(losses[-1]) < 0.5 * float(losses[0])

@@ -125,3 +125,14 @@ def test_init_params_and_site_names():
     ref = brute_force(*as_lists({k: np.asarray(v) for k, v in p1.items()}, 4), np.asarray(y))["marginal_loglik"]
     np.testing.assert_allclose(ssm.log_likelihood(None, y), ref, rtol=1e-10)
     assert abs(float(ssm.log_likelihood(p2, y)) - ref) > 1e-3
+
+
+def test_demo_fits_and_writes_figures(x64, tmp_path):
+    """The demo's EM and SGD fits beat the true parameters' log-likelihood (T=100 overfits)."""
+    from ssmppl.demo import run_demo
+
+    result = run_demo(str(tmp_path), num_em_iters=30, num_sgd_epochs=300)
+    assert result["em_loglik"] > result["marginal_loglik"]
+    assert result["sgd_loglik"] > result["marginal_loglik"] - 25.0
+    for key in ("figure", "learning_curves", "fitted_figure"):
+        assert (tmp_path / result[key].split("/")[-1]).stat().st_size > 10_000

@@ -239,9 +239,20 @@ def kalman_forecast(params: LinearGaussianParams, mean, covariance, num_steps: i
 
 
 def psd_factor(P):
-    """A square root A (A A^T = P) of a symmetric PSD matrix, singular ones included."""
-    w, V = jnp.linalg.eigh(_symmetrize(P))
-    return V * jnp.sqrt(jnp.clip(w, 0.0))
+    """A square root A (A A^T = P) of a symmetric PSD matrix, singular ones included.
+
+    Cholesky when P is positive definite; the eigendecomposition otherwise. The
+    branch is a ``lax.cond`` rather than a ``where`` so that gradients come from
+    the Cholesky alone: eigh's gradient is NaN for repeated eigenvalues (P = q I).
+    """
+    P = _symmetrize(P)
+
+    def by_eigh(P):
+        w, V = jnp.linalg.eigh(P)
+        return V * jnp.sqrt(jnp.clip(w, 0.0))
+
+    L = jnp.linalg.cholesky(P)
+    return jax.lax.cond(jnp.all(jnp.isfinite(L)), lambda P: L, by_eigh, P)
 
 
 def _tria(A):

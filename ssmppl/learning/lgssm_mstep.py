@@ -69,7 +69,8 @@ def emission_statistics(m, P, y, u, H, d, D, R):
         G = jnp.linalg.solve(R_oo, jnp.where(o[:, None], R.T, 0.0)).T
         return G, R - G @ R
 
-    G, cond_cov = jax.vmap(completion)(observed)
+    # lax.map, not vmap: batched LAPACK calls can stall jax 0.10's CPU thread pool.
+    G, cond_cov = jax.lax.map(completion, observed)
     mean_y = m @ H.T + d + (u @ D.T if u is not None else 0.0)
     Ey = jnp.einsum("tij,tj->ti", eye - G, mean_y) + jnp.einsum("tij,tj->ti", G, y0)
     L = jnp.einsum("tij,jk->tik", eye - G, H)
