@@ -22,18 +22,17 @@ import jax.numpy as jnp
 from ..inference.linear_gaussian import _symmetrize
 
 
-def _outer(a, b):
-    return a[..., :, None] * b[..., None, :]
+def _regressors(m, u):
+    """E[x] (T, k) of x = [z, 1, u] with E[z] = m; Cov[x] is P in the top-left block only."""
+    ones = jnp.ones((m.shape[0], 1), m.dtype)
+    return jnp.concatenate([m, ones] + ([u] if u is not None else []), axis=1)
 
 
-def _regressor_moments(m, P, u):
-    """E[x] (T, k) and Cov[x] (T, k, k) of x = [z, 1, u] with z ~ N(m, P)."""
-    T, dz = m.shape
-    ones = jnp.ones((T, 1), m.dtype)
-    Ex = jnp.concatenate([m, ones] + ([u] if u is not None else []), axis=1)
-    k = Ex.shape[1]
-    Cx = jnp.zeros((T, k, k), m.dtype).at[:, :dz, :dz].set(P)
-    return Ex, Cx
+def _second_moment(Ex, P, weights=None):
+    """sum_t w_t E[x_t x_t^T] (k, k), the covariance P_t filling the state block."""
+    w = jnp.ones(Ex.shape[0], Ex.dtype) if weights is None else weights
+    dz = P.shape[-1]
+    return ((Ex * w[:, None]).T @ Ex).at[:dz, :dz].add(jnp.einsum("t,tij->ij", w, P))
 
 
 def dynamics_statistics(m0, P0, C0, m, P, C, u):
@@ -44,44 +43,62 @@ def dynamics_statistics(m0, P0, C0, m, P, C, u):
     """
     m_prev = jnp.concatenate([m0[None], m[:-1]])
     P_prev = jnp.concatenate([P0[None], P[:-1]])
-    cross = jnp.concatenate([C0[None], C])  # Cov[z_{t-1}, z_t]
-    Ex, Cx = _regressor_moments(m_prev, P_prev, u)
+    cross = C0.T + jnp.swapaxes(C, -1, -2).sum(0)  # sum_t Cov[z_t, z_{t-1}]
+    Ex = _regressors(m_prev, u)
     dz = m.shape[1]
-    Syx = _outer(m, Ex).sum(0).at[:, :dz].add(jnp.swapaxes(cross, -1, -2).sum(0))
-    Sxx = (_outer(Ex, Ex) + Cx).sum(0)
-    Syy = (_outer(m, m) + P).sum(0)
+    Syx = (m.T @ Ex).at[:, :dz].add(cross)
+    Sxx = _second_moment(Ex, P_prev)
+    Syy = m.T @ m + P.sum(0)
     return Sxx, Syx, Syy, jnp.asarray(m.shape[0], m.dtype)
 
 
+def _completion(o, R):
+    """G (dy, dy) mapping observed components to the conditional mean of all of them
+    (observed rows: unit vectors; missing rows: R_mo R_oo^{-1}) and the conditional
+    covariance R - G R of the missing ones."""
+    both = o[:, None] & o[None, :]
+    R_oo = jnp.where(both, R, 0.0) + jnp.diag(jnp.where(o, 0.0, 1.0).astype(R.dtype))
+    G = jnp.linalg.solve(R_oo, jnp.where(o[:, None], R.T, 0.0)).T
+    return G, R - G @ R
+
+
 def emission_statistics(m, P, y, u, H, d, D, R):
-    """Sums over observed steps for y_t | x_t = [z_t, 1, u_t] (one sequence), the
-    missing components of partly observed steps completed under the current (H, d, D, R)."""
+    """Sums over observed steps for y_t | x_t = [z_t, 1, u_t] (one sequence).
+
+    Fully observed steps enter with y_t itself; in partly observed ones the missing
+    components are completed under the current (H, d, D, R) (exact EM: they are
+    latent); fully missing steps are left out.
+    """
     observed = ~jnp.isnan(y)
     y0 = jnp.where(observed, y, 0.0)
-    dy = y.shape[1]
-    eye = jnp.eye(dy, dtype=m.dtype)
+    full = observed.all(1)
+    partial = observed.any(1) & ~full
+    Ex = _regressors(m, u)
+    dz, dy = m.shape[1], y.shape[1]
+    w_full = full.astype(m.dtype)
+    Syx = (y0 * w_full[:, None]).T @ Ex
+    Syy = (y0 * w_full[:, None]).T @ y0
+    Sxx = _second_moment(Ex, P, observed.any(1).astype(m.dtype))
 
-    def completion(o):
-        # G maps the observed components to the conditional mean of all of them: rows of
-        # observed components are unit vectors, missing rows are R_mo R_oo^{-1}.
-        both = o[:, None] & o[None, :]
-        R_oo = jnp.where(both, R, 0.0) + jnp.diag(jnp.where(o, 0.0, 1.0).astype(R.dtype))
-        G = jnp.linalg.solve(R_oo, jnp.where(o[:, None], R.T, 0.0)).T
-        return G, R - G @ R
+    def add_partial(sums, inputs):
+        # A scan with a cond: the completion's solve runs only on partly observed steps
+        # (and no batched LAPACK call, which can stall jax 0.10's CPU thread pool).
+        o, y0_t, Ex_t, P_t, is_partial = inputs
 
-    # lax.map, not vmap: batched LAPACK calls can stall jax 0.10's CPU thread pool.
-    G, cond_cov = jax.lax.map(completion, observed)
-    mean_y = m @ H.T + d + (u @ D.T if u is not None else 0.0)
-    Ey = jnp.einsum("tij,tj->ti", eye - G, mean_y) + jnp.einsum("tij,tj->ti", G, y0)
-    L = jnp.einsum("tij,jk->tik", eye - G, H)
-    Ex, Cx = _regressor_moments(m, P, u)
-    w = observed.any(1).astype(m.dtype)  # fully missing steps are left out
-    dz = m.shape[1]
-    LP = jnp.einsum("tik,tkl->til", L, P)
-    Syx = jnp.einsum("t,tij->ij", w, _outer(Ey, Ex).at[:, :, :dz].add(LP))
-    Sxx = jnp.einsum("t,tij->ij", w, _outer(Ex, Ex) + Cx)
-    Syy = jnp.einsum("t,tij->ij", w, _outer(Ey, Ey) + jnp.einsum("tik,tlk->til", LP, L) + cond_cov)
-    return Sxx, Syx, Syy, w.sum()
+        def terms(_):
+            G, cond_cov = _completion(o, R)
+            mean = H @ Ex_t[:dz] + d + (D @ Ex_t[dz + 1:] if u is not None else 0.0)
+            Ey = mean + G @ (y0_t - mean)
+            LP = (H - G @ H) @ P_t
+            return (jnp.outer(Ey, Ex_t).at[:, :dz].add(LP),
+                    jnp.outer(Ey, Ey) + LP @ (H - G @ H).T + cond_cov)
+
+        zeros = (jnp.zeros((dy, Ex_t.shape[0]), m.dtype), jnp.zeros((dy, dy), m.dtype))
+        syx, syy = jax.lax.cond(is_partial, terms, lambda _: zeros, None)
+        return (sums[0] + syx, sums[1] + syy), None
+
+    (Syx, Syy), _ = jax.lax.scan(add_partial, (Syx, Syy), (observed, y0, Ex, P, partial))
+    return Sxx, Syx, Syy, observed.any(1).sum().astype(m.dtype)
 
 
 def solve_regression(Sxx, Syx, Syy, n, blocks, cov_name, current, frozen):
@@ -133,5 +150,5 @@ def closed_form_mstep(params, frozen, stats_dyn, stats_emis, init_moments, input
         new["initial_mean"] = m0s.mean(0)
     if "initial_cov" not in frozen:
         dev = m0s - new["initial_mean"]
-        new["initial_cov"] = _symmetrize((P0s + _outer(dev, dev)).mean(0))
+        new["initial_cov"] = _symmetrize(P0s.mean(0) + dev.T @ dev / dev.shape[0])
     return new
