@@ -39,10 +39,12 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import device_label, git_rev, pin_cpus  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # command line (parsed before importing numpy / jax: CPU pinning, precision and
@@ -107,10 +109,7 @@ ARGS = parse_args()
 # batch runs inline, which is reliable. Hence the default ``--cpus 1``; with
 # more cores the memory-optimised XLA scheduler below makes it rarer (it does
 # not remove it: measurements may stall, and ``--watchdog`` aborts a hung run).
-ALL_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
-if ARGS.cpus and ARGS.cpus < len(ALL_CPUS) and hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, ALL_CPUS[: ARGS.cpus])
-CPUS_USED = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else ALL_CPUS
+ALL_CPUS, CPUS_USED = pin_cpus(ARGS.cpus)
 XLA_WORKAROUND = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 if (
     len(CPUS_USED) > 1
@@ -325,32 +324,8 @@ def done_repeating(times):
 # ---------------------------------------------------------------------------
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment():
-    d = jax.devices()[0]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__)
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(__file__),
-        ).stdout.strip()
-        commit = (commit + ("+dirty" if dirty else "")) or "unknown"
-    except Exception:
-        commit = "unknown"
+    commit = git_rev(__file__)
     import jaxlib
     import numpyro
 
@@ -364,11 +339,7 @@ def environment():
         f"dynamax {dynamax.__version__}" if HAVE_DYNAMAX else "dynamax: not installed",
         f"statsmodels {statsmodels.__version__}" if HAVE_STATSMODELS else "statsmodels: not installed",
     ]
-    device = (
-        f"{d.platform} / {d.device_kind} ({len(jax.devices())} device(s)); "
-        f"pinned to {len(CPUS_USED)} of {len(ALL_CPUS)} available CPU cores ({os.cpu_count()} on the machine); "
-        f"{cpu_model()}"
-    )
+    device = device_label(jax, CPUS_USED, ALL_CPUS)
     return device, versions
 
 
