@@ -70,7 +70,7 @@ def test_fit_sgd_float32_default_filter_has_finite_gradients():
 
     from ssmppl.models import linear_gaussian_ssm
 
-    ssm = SSM(linear_gaussian_ssm(2, 10))
+    ssm = ssmppl.SSM(linear_gaussian_ssm(2, 10))
     _, y = ssm.sample(jax.random.PRNGKey(0), ssm.init_params(jax.random.PRNGKey(1), T=100), T=100)
     assert y.dtype == jnp.float32
     with warnings.catch_warnings():
