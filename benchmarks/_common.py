@@ -65,3 +65,17 @@ def device_label(jax, cpus_used, cpus_allowed) -> str:
         f"pinned to {len(cpus_used)} of {len(cpus_allowed)} available CPU cores ({os.cpu_count()} on the machine); "
         f"{cpu_model()}"
     )
+
+
+def text_table(header, rows) -> str:
+    """Right-aligned plain-text table (first row: header)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def markdown_table(header, rows) -> str:
+    """Markdown table; the first three columns left-aligned, the numbers right-aligned."""
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)

@@ -45,6 +45,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import device_label, git_rev, pin_cpus  # noqa: E402
+from _common import markdown_table, text_table  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # command line (parsed before importing numpy / jax: CPU pinning, precision and
@@ -403,18 +404,6 @@ def table_rows(results):
     return rows
 
 
-def text_table(rows):
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADER)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-    return "\n".join([line(HEADER), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def markdown_table(rows):
-    out = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(HEADER) - 3)) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
-
-
 LEGEND = (
     "Times are best-of-k wall-clock milliseconds after one untimed compile/warm-up call; the timed calls of "
     "all implementations of one size are interleaved round-robin (k adaptive per implementation: until "
@@ -672,7 +661,7 @@ def main():
             + ("all OK" if all_ok else "MISMATCH, see the checks below"),
         ]
         md += [f"- note: {n}" for n in notes]
-        md += ["", markdown_table(rows), "", legend, "", "Checks (same data, peers given the shifted initial state):", ""]
+        md += ["", markdown_table(HEADER, rows), "", legend, "", "Checks (same data, peers given the shifted initial state):", ""]
         md += [f"- {c}" for c in checks]
         with open(ARGS.out, "w") as f:
             f.write("\n".join(md) + "\n")
@@ -695,7 +684,7 @@ def main():
     print()
     print(f"Kalman filter / RTS smoother, {precision}, times in ms — device: {device}")
     print("versions: " + ", ".join(versions))
-    print(text_table(rows))
+    print(text_table(HEADER, rows))
     print()
     print(legend)
     print("1-min load average before each size: " + ", ".join(f"{x:.2f}" for x in loads) +

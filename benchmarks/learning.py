@@ -66,6 +66,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import device_label, git_rev, pin_cpus  # noqa: E402
+from _common import markdown_table, text_table  # noqa: E402
 
 # Per setup: sizes, the (N1, N2) iteration counts per operation and library, timed rounds.
 # N2 - N1 is chosen so that the iterations take several seconds, above the jitter of the
@@ -310,18 +311,6 @@ def table_rows(rows):
     return out
 
 
-def text_table(rows):
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADER)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-    return "\n".join([line(HEADER), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def markdown_table(rows):
-    out = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(HEADER) - 3)) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
-
-
 LEGEND = (
     "it/s = iterations (EM) or epochs (SGD, one full-data gradient step each) per second, from the "
     "difference of the best-of-rounds wall times of fits with N2 and N1 iterations: "
@@ -403,7 +392,7 @@ def main():
             f"~{len(CPUS_USED)} means other processes competed); total {elapsed:.0f} s",
         ]
         md += [f"- note: {n}" for n in ARGS.note]
-        md += ["", markdown_table(table_rows(all_rows)), "", legend, "", "Checks (same data, same starting distribution):", ""]
+        md += ["", markdown_table(HEADER, table_rows(all_rows)), "", legend, "", "Checks (same data, same starting distribution):", ""]
         md += [f"- {c}" for c in all_checks]
         md += ["", "Timed calls, wall seconds per round (the table uses the best of each):", ""]
         for name, op, K, reps, res in all_rows:
@@ -433,7 +422,7 @@ def main():
 
     print()
     print("\n".join(header))
-    print(text_table(table_rows(all_rows)))
+    print(text_table(HEADER, table_rows(all_rows)))
     print()
     print(legend)
     for c in all_checks:
