@@ -78,6 +78,7 @@ def _expected_log_joint_at(ssm, ys, start):
     return lambda p: float(expected_log_joint(ssm.state_space(p, ys), points))
 
 
+@pytest.mark.slow  # ~60 s: compiling exact Hessians of the generalised objective
 def test_closed_form_mstep_is_the_maximiser(x64, seed003, em_fit):
     """One closed-form M-step maximises the expected log joint: a numerical maximiser
     (the generalised M-step, damped Newton) from the same E-step finds no higher value
