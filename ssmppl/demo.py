@@ -76,14 +76,14 @@ def run_demo(out_dir: str, num_timesteps: int = 100, num_forecast: int = 50, see
     # Learning: EM (closed-form M-step) and SGD from the same random initialisation.
     init = ssm.init_params(jax.random.PRNGKey(seed + 42), emissions)
     em_params, em_lls = ssm.fit_em(init, emissions, num_iters=num_em_iters, progress_bar=progress_bar)
-    sgd_params, losses = ssm.fit_sgd(init, emissions, optimizer=optax.adam(1e-1), num_epochs=num_sgd_epochs,
+    sgd_params, losses = ssm.fit_sgd(init, emissions, optimizer=optax.adam(5e-2), num_epochs=num_sgd_epochs,
                                      progress_bar=progress_bar)
     sgd_lls = -np.asarray(losses) * emissions.size
     true_ll = float(smoothed.marginal_loglik)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, curve, label, xlabel in ((axes[0], np.asarray(em_lls), "EM", "iteration"),
-                                     (axes[1], sgd_lls, "SGD (Adam, lr 0.1)", "epoch")):
+                                     (axes[1], sgd_lls, "SGD (Adam, lr 0.05)", "epoch")):
         ax.plot(curve, label=label)
         ax.axhline(true_ll, color="k", ls="--", lw=1.5, label="true parameters")
         ax.set_ylim(true_ll - 150, max(curve.max(), true_ll) + 25)
