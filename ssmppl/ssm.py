@@ -9,7 +9,6 @@ import jax.numpy as jnp
 from numpyro import handlers
 
 from ._jit import jit_by_arrays
-from .errors import ModelStructureError
 from .inference.base import Backend
 from .inference.kalman import Kalman, linear_gaussian_params
 from .models.tracing import ScanInterceptor, SiteNames, discover, trace_model, trace_state_space

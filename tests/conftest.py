@@ -7,14 +7,31 @@ import os
 if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
+import contextlib  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+
+@contextlib.contextmanager
+def _float64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
 
 
 @pytest.fixture
 def x64():
     """Float64 for correctness tests (restored afterwards: float32 is tested separately)."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+    with _float64():
+        yield
+
+
+@pytest.fixture(scope="module")
+def x64_module():
+    """Float64 for a module's shared (module-scoped) fixtures and all its tests."""
+    with _float64():
+        yield

@@ -8,7 +8,6 @@ from the observed Fisher information; SGD's loss against log-densities computed
 by hand.
 """
 
-import contextlib
 import math
 import warnings
 
@@ -27,33 +26,21 @@ from ssmppl.demo import seed003_params
 from ssmppl.models import linear_gaussian_ssm
 
 
-@contextlib.contextmanager
-def _float64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", previous)
-
-
 @pytest.fixture(scope="module")
-def seed003():
+def seed003(x64_module):
     """The seed-003 setup: true parameters, T=100 emissions, a random initialisation."""
-    with _float64():
-        k1, k2, _ = jax.random.split(jax.random.PRNGKey(0), 3)
-        ssm = SSM(linear_gaussian_ssm(2, 10))
-        true = seed003_params(k1)
-        _, ys = ssm.sample(k2, true, T=100)
-        init = ssm.init_params(jax.random.PRNGKey(42), ys)
-        return ssm, true, ys, init
+    k1, k2, _ = jax.random.split(jax.random.PRNGKey(0), 3)
+    ssm = SSM(linear_gaussian_ssm(2, 10))
+    true = seed003_params(k1)
+    _, ys = ssm.sample(k2, true, T=100)
+    init = ssm.init_params(jax.random.PRNGKey(42), ys)
+    return ssm, true, ys, init
 
 
 @pytest.fixture(scope="module")
-def em_fit(seed003):
-    with _float64():
-        ssm, true, ys, init = seed003
-        return ssm.fit_em(init, ys, num_iters=100, progress_bar=False)
+def em_fit(x64_module, seed003):
+    ssm, true, ys, init = seed003
+    return ssm.fit_em(init, ys, num_iters=100, progress_bar=False)
 
 
 def test_em_seed003_monotone_and_above_truth(x64, seed003, em_fit):
@@ -70,7 +57,6 @@ def test_em_seed003_monotone_and_above_truth(x64, seed003, em_fit):
 
 def _expected_log_joint_at(ssm, ys, start):
     """theta -> the EM objective E_q[log p(z, y | theta)], q the smoother at ``start``."""
-    from ssmppl.inference import Kalman
     from ssmppl.learning.expected_log_joint import cubature_points, expected_log_joint
 
     smoothed = ssm.smooth(start, ys)
@@ -289,13 +275,18 @@ def test_diverging_optimizer_stops_with_finite_params(x64, seed003):
     assert float(ssm.log_likelihood(params, ys)) == pytest.approx(float(-losses[-1] * ys.size), rel=1e-9)
 
 
-def test_progress_bar_runs(x64, seed003, capsys):
+def test_progress_bar_chunks_do_not_change_the_fit(x64, seed003, capsys):
+    """With a bar the fit runs as several compiled chunks; the result is the one-chunk fit's."""
     ssm, _, ys, init = seed003
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tqdm's notebook-widget fallback warning, if any
-        _, lls = ssm.fit_em(init, ys, num_iters=7, progress_bar=True)
+        params, lls = ssm.fit_em(init, ys, num_iters=7, progress_bar=True)
     assert lls.shape == (7,)
     assert "EM" in capsys.readouterr().err
+    params_one, lls_one = ssm.fit_em(init, ys, num_iters=7, progress_bar=False)
+    np.testing.assert_allclose(lls, lls_one, rtol=1e-12)
+    for k in params:
+        np.testing.assert_allclose(params[k], params_one[k], rtol=1e-10, atol=1e-12, err_msg=k)
 
 
 @pytest.mark.slow

@@ -88,9 +88,14 @@ def masked_emission(y, H, d, R):
     y0 = jnp.where(observed, y, 0.0)
     H0 = jnp.where(observed[:, None], H, 0.0)
     d0 = jnp.where(observed, d, 0.0)
+    return y0, H0, d0, masked_covariance(R, observed), jnp.sum(observed)
+
+
+def masked_covariance(R, observed):
+    """R restricted to the ``observed`` (bool (n,)) block, the identity on the others:
+    invertible whenever R_oo is, and block diagonal, so its inverse holds R_oo^{-1}."""
     both = observed[:, None] & observed[None, :]
-    R0 = jnp.where(both, R, 0.0) + jnp.diag(jnp.where(observed, 0.0, 1.0).astype(R.dtype))
-    return y0, H0, d0, R0, jnp.sum(observed)
+    return jnp.where(both, R, 0.0) + jnp.diag(jnp.where(observed, 0.0, 1.0).astype(R.dtype))
 
 
 def gaussian_update(m, P, y, H, d, R):

@@ -75,6 +75,15 @@ class Forecast:
     emission_covariances: jax.Array
 
 
+def lagged_moments(smoothed: SmoothResult):
+    """Smoothed moments of z_{t-1} for t = 1..T, and Cov[z_{t-1}, z_t | y]:
+    (means (T, dz), covariances (T, dz, dz), cross-covariances (T, dz, dz))."""
+    means = jnp.concatenate([smoothed.initial_smoothed_mean[None], smoothed.smoothed_means[:-1]])
+    covs = jnp.concatenate([smoothed.initial_smoothed_covariance[None], smoothed.smoothed_covariances[:-1]])
+    cross = jnp.concatenate([smoothed.initial_cross_covariance[None], smoothed.smoothed_cross_covariances])
+    return means, covs, cross
+
+
 def pairwise_sum(x: jax.Array) -> jax.Array:
     """Sum of a 1-d array by a balanced tree of additions.
 

@@ -35,17 +35,13 @@ def _traces(model, args, kwargs, latent, obs) -> Optional[Exception]:
     return None
 
 
-def _slice(leaves, flags, treedef):
-    return jax.tree.unflatten(treedef, [x[0] if f else x for x, f in zip(leaves, flags)])
-
-
 def find_batch(model, args, kwargs, latent=None, obs=None):
     """``(flags, B)``: per flattened leaf of ``(args, kwargs)``, whether it is split
     per sequence; ``(None, None)`` for a single sequence."""
     error = _traces(model, args, kwargs, latent, obs)
     if error is None:
         return None, None
-    leaves, treedef = jax.tree.flatten((args, kwargs))
+    leaves = jax.tree.leaves((args, kwargs))
     arrays = [i for i, x in enumerate(leaves) if _is_array(x) and jnp.ndim(x) >= 2]
     if not arrays:
         raise error
@@ -58,7 +54,7 @@ def find_batch(model, args, kwargs, latent=None, obs=None):
     for k in range(len(others), -1, -1):
         for chosen in itertools.combinations(others, k):
             flags = [i == obs_leaf or i in chosen for i in range(len(leaves))]
-            a, kw = _slice(leaves, flags, treedef)
+            a, kw = take_sequences(args, kwargs, flags, 0)
             if _traces(model, a, kw, latent, obs) is None:
                 return flags, B
     raise type(error)(

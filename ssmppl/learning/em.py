@@ -24,7 +24,7 @@ from .._jit import jit_by_arrays
 from ..inference.base import Backend
 from .expected_log_joint import cubature_points, expected_log_joint
 from .lgssm_mstep import closed_form_mstep, dynamics_statistics, emission_statistics
-from .parameters import log_prior, to_constrained, to_unconstrained
+from .parameters import log_prior, split_frozen, to_constrained, to_unconstrained
 from .progress import CONVERGED, DIVERGED, RUNNING, chunk_size, run_in_chunks
 from .setup import Layout, prepare, tree_all_finite
 
@@ -52,9 +52,7 @@ def _e_step(plan, params, args, kwargs):
         smoothed = plan.method.smooth(problem, None)
         if plan.closed_form:
             u = problem.xs[1] if plan.input_dim else None
-            dyn = dynamics_statistics(smoothed.initial_smoothed_mean, smoothed.initial_smoothed_covariance,
-                                      smoothed.initial_cross_covariance, smoothed.smoothed_means,
-                                      smoothed.smoothed_covariances, smoothed.smoothed_cross_covariances, u)
+            dyn = dynamics_statistics(smoothed, u)
             emis = emission_statistics(smoothed.smoothed_means, smoothed.smoothed_covariances, problem.observations,
                                        u, params["H"], params["d"], params.get("D"), params["R"])
             extra = (dyn, emis, (smoothed.initial_smoothed_mean, smoothed.initial_smoothed_covariance))
@@ -119,8 +117,7 @@ def _optax_minimise(f, u0, num_steps, optimizer):
 
 def _generalised_mstep(plan, params, points, args, kwargs):
     sites = plan.layout.sites(args, kwargs)
-    free = [k for k in params if k not in plan.frozen]
-    fixed = {k: v for k, v in params.items() if k in plan.frozen}
+    free, fixed = split_frozen(params, plan.frozen)
 
     def negative_objective(u):
         p = {**fixed, **to_constrained(u, sites)}
@@ -132,7 +129,7 @@ def _generalised_mstep(plan, params, points, args, kwargs):
         values, priors = plan.layout.per_sequence(one, args, kwargs, points)
         return -(values.sum() + priors[0]) / plan.num_observed
 
-    u0 = to_unconstrained({k: params[k] for k in free}, sites)
+    u0 = to_unconstrained(free, sites)
     optimizer = plan.m_step_optimizer
     if optimizer is None:
         size = sum(jnp.size(x) for x in jax.tree.leaves(u0))

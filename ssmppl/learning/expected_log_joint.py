@@ -21,7 +21,7 @@ import numpyro.distributions as dist
 
 from ..inference.gaussian import gaussian_moments, is_gaussian
 from ..inference.linear_gaussian import masked_emission, psd_factor
-from ..inference.results import SmoothResult
+from ..inference.results import SmoothResult, lagged_moments
 
 
 def _points(mean, cov):
@@ -33,11 +33,8 @@ def _points(mean, cov):
 
 def cubature_points(smoothed: SmoothResult, has_initial: bool):
     """Points of q: z_0 (2dz, dz) or None, pairs (T, 4dz, 2dz), marginals (T, 2dz, dz)."""
-    m, P, C = smoothed.smoothed_means, smoothed.smoothed_covariances, smoothed.smoothed_cross_covariances
-    m0, P0, C0 = smoothed.initial_smoothed_mean, smoothed.initial_smoothed_covariance, smoothed.initial_cross_covariance
-    m_prev = jnp.concatenate([m0[None], m[:-1]])
-    P_prev = jnp.concatenate([P0[None], P[:-1]])
-    cross = jnp.concatenate([C0[None], C])
+    m, P = smoothed.smoothed_means, smoothed.smoothed_covariances
+    m_prev, P_prev, cross = lagged_moments(smoothed)
     pair_mean = jnp.concatenate([m_prev, m], axis=1)
     pair_cov = jnp.concatenate([
         jnp.concatenate([P_prev, cross], axis=2),
@@ -45,7 +42,7 @@ def cubature_points(smoothed: SmoothResult, has_initial: bool):
     ], axis=1)
     pairs = jax.vmap(_points)(pair_mean, pair_cov)
     marginals = jax.vmap(_points)(m, P)
-    initial = _points(m0, P0) if has_initial else None
+    initial = _points(smoothed.initial_smoothed_mean, smoothed.initial_smoothed_covariance) if has_initial else None
     return initial, pairs, marginals
 
 
@@ -62,9 +59,8 @@ def masked_log_prob(d, y, obs_shape):
         mean, cov = gaussian_moments(d)
         y0, _, d0, R0, _ = masked_emission(y, jnp.zeros((y.shape[0], 0), mean.dtype), mean, cov)
         return dist.MultivariateNormal(d0, R0).log_prob(y0)
-    base, event_dims = d, 0
+    base = d
     while isinstance(base, dist.Independent):
-        event_dims += base.reinterpreted_batch_ndims
         base = base.base_dist
     y_model = jnp.reshape(jnp.where(observed, y, 0.0), obs_shape)
     mask = jnp.reshape(observed, obs_shape)
@@ -74,12 +70,12 @@ def masked_log_prob(d, y, obs_shape):
     return jnp.where(observed.all(), d.log_prob(jnp.reshape(jnp.nan_to_num(y), obs_shape)).sum(), jnp.nan)
 
 
-def expected_log_joint(problem, points, log_prior=0.0):
-    """E_q[log p(z_0) + sum_t log p(z_t | z_{t-1}) + log p(y_t | z_t)] + log prior, scalar."""
+def expected_log_joint(problem, points):
+    """E_q[log p(z_0) + sum_t log p(z_t | z_{t-1}) + log p(y_t | z_t)], scalar."""
     initial, pairs, marginals = points
     dz = problem.state_dim
     state_shape, obs_shape = problem.state_shape, problem.obs_shape
-    total = log_prior
+    total = 0.0
     if problem.initial is not None:
         total = total + jnp.mean(jax.vmap(lambda z: problem.initial.log_prob(z.reshape(state_shape)).sum())(initial))
 

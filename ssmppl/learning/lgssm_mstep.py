@@ -19,7 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..inference.linear_gaussian import _symmetrize
+from ..inference.linear_gaussian import _symmetrize, masked_covariance
+from ..inference.results import SmoothResult, lagged_moments
 
 
 def _regressors(m, u):
@@ -35,18 +36,16 @@ def _second_moment(Ex, P, weights=None):
     return ((Ex * w[:, None]).T @ Ex).at[:dz, :dz].add(jnp.einsum("t,tij->ij", w, P))
 
 
-def dynamics_statistics(m0, P0, C0, m, P, C, u):
-    """Sums over t = 1..T for z_t | x_t = [z_{t-1}, 1, u_t] (one sequence).
+def dynamics_statistics(smoothed: SmoothResult, u):
+    """Sums over t = 1..T for z_t | x_t = [z_{t-1}, 1, u_t] (one sequence; u (T, du) or None).
 
-    m0, P0: smoothed z_0; C0 = Cov[z_0, z_1]; m, P (T, dz[, dz]); C (T-1, dz, dz) = Cov[z_t, z_{t+1}].
     Returns (S_xx, S_yx, S_yy, n).
     """
-    m_prev = jnp.concatenate([m0[None], m[:-1]])
-    P_prev = jnp.concatenate([P0[None], P[:-1]])
-    cross = C0.T + jnp.swapaxes(C, -1, -2).sum(0)  # sum_t Cov[z_t, z_{t-1}]
+    m, P = smoothed.smoothed_means, smoothed.smoothed_covariances
+    m_prev, P_prev, cross = lagged_moments(smoothed)
     Ex = _regressors(m_prev, u)
     dz = m.shape[1]
-    Syx = (m.T @ Ex).at[:, :dz].add(cross)
+    Syx = (m.T @ Ex).at[:, :dz].add(jnp.swapaxes(cross, -1, -2).sum(0))  # + sum_t Cov[z_t, z_{t-1}]
     Sxx = _second_moment(Ex, P_prev)
     Syy = m.T @ m + P.sum(0)
     return Sxx, Syx, Syy, jnp.asarray(m.shape[0], m.dtype)
@@ -56,9 +55,7 @@ def _completion(o, R):
     """G (dy, dy) mapping observed components to the conditional mean of all of them
     (observed rows: unit vectors; missing rows: R_mo R_oo^{-1}) and the conditional
     covariance R - G R of the missing ones."""
-    both = o[:, None] & o[None, :]
-    R_oo = jnp.where(both, R, 0.0) + jnp.diag(jnp.where(o, 0.0, 1.0).astype(R.dtype))
-    G = jnp.linalg.solve(R_oo, jnp.where(o[:, None], R.T, 0.0)).T
+    G = jnp.linalg.solve(masked_covariance(R, o), jnp.where(o[:, None], R.T, 0.0)).T
     return G, R - G @ R
 
 

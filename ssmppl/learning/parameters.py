@@ -72,6 +72,11 @@ def complete_params(params, sites, initial) -> dict:
     return full
 
 
+def split_frozen(params: dict, frozen) -> tuple:
+    """(free, fixed): the sites an optimiser moves and those it must not."""
+    return ({k: v for k, v in params.items() if k not in frozen}, {k: v for k, v in params.items() if k in frozen})
+
+
 def to_unconstrained(params: dict, sites) -> dict:
     return {k: biject_to(sites[k].constraint).inv(v) for k, v in params.items()}
 

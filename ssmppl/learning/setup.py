@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from .._jit import jit_by_arrays
-from ..inference.base import Backend
 from .batching import find_batch, map_sequences, take_sequences
 from .parameters import check_frozen, complete_params, global_sites
 
@@ -41,8 +40,6 @@ class Layout:
 
 def prepare(ssm, params, args, kwargs, frozen, method):
     """(layout, sites, full params, frozen names, number of observed scalars)."""
-    if not isinstance(method, Backend):
-        raise TypeError(f"method must be an ssmppl backend such as Kalman(), got {method!r}")
     flags, B = find_batch(ssm.model, args, kwargs, ssm.latent, ssm.obs)
     layout = Layout(ssm, None if flags is None else tuple(flags), B or 1)
     a, k = layout.first_sequence(args, kwargs)

@@ -20,7 +20,7 @@ import optax
 
 from .._jit import jit_by_arrays
 from ..inference.base import Backend
-from .parameters import log_prior, to_constrained, to_unconstrained
+from .parameters import log_prior, split_frozen, to_constrained, to_unconstrained
 from .progress import DIVERGED, RUNNING, chunk_size, run_in_chunks
 from .setup import Layout, prepare, tree_all_finite
 
@@ -41,12 +41,10 @@ def _loss(plan, u, fixed, index, key, args, kwargs):
     sites = plan.layout.sites(args, kwargs)
     params = {**fixed, **to_constrained(u, sites)}
     if index is None:
-        a, k, scale = args, kwargs, 1.0
-        keys = None
+        a, k, n = args, kwargs, plan.layout.num_sequences
     else:
-        a, k = plan.layout.subset(args, kwargs, index)
-        scale = plan.layout.num_sequences / plan.batch_size
-    n = plan.layout.num_sequences if index is None else plan.batch_size
+        (a, k), n = plan.layout.subset(args, kwargs, index), plan.batch_size
+    scale = plan.layout.num_sequences / n  # the minibatch stands for all sequences
     keys = jax.random.split(key, n) if plan.method.requires_key else None
 
     def one(seq_key, *a_, **k_):
@@ -116,8 +114,8 @@ def fit_sgd(ssm, params, args, kwargs, optimizer=None, num_epochs=1000, method=N
     key = jax.random.PRNGKey(0) if key is None else key
     plan = _SGDPlan(layout, method, optimizer, frozen, num_epochs, batch_size, chunk_size(num_epochs, progress_bar),
                     num_observed)
-    fixed = {k: v for k, v in full.items() if k in frozen}
-    u = to_unconstrained({k: v for k, v in full.items() if k not in frozen}, sites)
+    free, fixed = split_frozen(full, frozen)
+    u = to_unconstrained(free, sites)
     state = (u, optimizer.init(u), u, jnp.asarray(RUNNING))
 
     def run_chunk(state, start):
