@@ -266,3 +266,50 @@ class SSM:
         return fit_sgd(self, params, args, kwargs, optimizer=optimizer, num_epochs=num_epochs,
                        method=_check_method(method), frozen=frozen, batch_size=batch_size, key=key,
                        progress_bar=progress_bar)
+
+    # -- Bayesian inference --------------------------------------------------
+    def sample_posterior(self, key, *args, num_warmup: int = 1000, num_samples: int = 1000, num_chains: int = 4,
+                         method: Optional[Backend] = Kalman(), backend: str = "numpyro",
+                         chain_method: str = "vectorized", progress_bar: bool = True, params=None,
+                         target_accept_prob: float = 0.8, dense_mass: bool = False, max_tree_depth: int = 10,
+                         **kwargs):
+        """NUTS on the model's global ``numpyro.sample`` sites; returns a ``ssmppl.bayes.Posterior``.
+
+        ``method``: the backend integrating the latent path out (``ssmppl.marginalize``),
+        so NUTS moves in the parameters only; ``None`` samples parameters and path
+        jointly (plain NUTS on the model, missing observations masked).
+        ``backend``: "numpyro" (``numpyro.infer.NUTS``) or "blackjax" (``blackjax.nuts``
+        after ``blackjax.window_adaptation``, on the same log density).
+        ``chain_method``: "vectorized" (chains vmapped on one device), "sequential",
+        or "parallel" (numpyro: one chain per device; blackjax: chains sharded over
+        devices). ``params``: values of global sites held fixed (``numpyro.param``
+        sites, which are always fixed, default to their initial values; sample sites
+        given here are conditioned on). Divergent transitions are counted in
+        ``posterior.sample_stats['diverging']`` and raise a ``DivergenceWarning``.
+        """
+        from .bayes.nuts import sample_posterior
+
+        if method is not None:
+            _check_method(method)
+        return sample_posterior(self, key, args, kwargs, num_warmup=num_warmup, num_samples=num_samples,
+                                num_chains=num_chains, method=method, backend=backend, chain_method=chain_method,
+                                progress_bar=progress_bar, params=params, target_accept_prob=target_accept_prob,
+                                dense_mass=dense_mass, max_tree_depth=max_tree_depth)
+
+    def fit_svi(self, key, *args, guide="normal", optimizer=None, num_steps: int = 5000,
+                method: Optional[Backend] = Kalman(), num_samples: int = 1000, num_particles: int = 1,
+                progress_bar: bool = True, params=None, **kwargs):
+        """Variational inference on the global ``numpyro.sample`` sites of the marginal model.
+
+        ``guide``: "normal" (``AutoNormal``: independent normals in the unconstrained
+        space), "mvn" (``AutoMultivariateNormal``), "delta" (``AutoDelta``: MAP), or a
+        NumPyro guide. ``optimizer``: optax (default ``optax.adam(1e-2)``). Returns
+        ``(guide_params, losses (num_steps,), posterior)``: the ELBO loss trace
+        (negative ELBO) and a ``Posterior`` of ``num_samples`` guide draws (one chain).
+        """
+        from .bayes.svi import fit_svi
+
+        if method is not None:
+            _check_method(method)
+        return fit_svi(self, key, args, kwargs, guide=guide, optimizer=optimizer, num_steps=num_steps, method=method,
+                       num_samples=num_samples, num_particles=num_particles, progress_bar=progress_bar, params=params)

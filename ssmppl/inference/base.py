@@ -38,6 +38,10 @@ class Backend:
         """(T,) one-step-ahead log predictive densities; they sum to the marginal log-likelihood."""
         return self.filter(problem, key).log_predictive
 
+    def sample_states(self, problem: StateSpace, key):
+        """One draw (T, dz) of the latent path z_{1:T} from p(z_{1:T} | y_{1:T})."""
+        raise NotImplementedError(f"{type(self).__name__} cannot sample latent paths")
+
     def forecast(self, problem: StateSpace, filtered: FilterResult, num_steps: int, key=None) -> Forecast:
         raise NotImplementedError(f"{type(self).__name__} cannot forecast")
 

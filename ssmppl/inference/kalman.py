@@ -15,6 +15,7 @@ from .base import Backend
 from .gaussian import GAUSSIAN_TYPES, gaussian_moments, is_gaussian
 from .linear_gaussian import (
     LinearGaussianParams,
+    backward_sample,
     emission_moments,
     kalman_filter,
     kalman_forecast,
@@ -139,6 +140,10 @@ class Kalman(Backend):
 
     def smooth(self, problem, key=None):
         return self._run(problem, smooth=True)
+
+    def sample_states(self, problem, key):
+        """Exact draw by forward filtering, backward sampling."""
+        return backward_sample(linear_gaussian_params(problem), self.filter(problem), key)
 
     def forecast(self, problem, filtered, num_steps, key=None):
         params = linear_gaussian_params(problem)

@@ -206,6 +206,33 @@ def rts_smoother(params: LinearGaussianParams, filtered: FilterResult, predicted
     )
 
 
+def backward_sample(params: LinearGaussianParams, filtered: FilterResult, key) -> jax.Array:
+    """One draw of z_{1:T} | y_{1:T} (forward filtering, backward sampling), (T, dz).
+
+    z_T ~ N(m_{T|T}, P_{T|T}), then z_t | z_{t+1}, y_{1:t} ~ N(m_{t|t} + G_t (z_{t+1}
+    - m_{t+1|t}), P_{t|t} - G_t P_{t+1|t} G_t^T) with the smoother gain G_t. The
+    conditional covariances may be singular (deterministic state components), so
+    they are factored by ``psd_factor``.
+    """
+    T, dz = filtered.filtered_means.shape
+    noise = jax.random.normal(key, (T, dz), filtered.filtered_means.dtype)
+    tv_F = time_varying(params).F
+
+    def draw(mean, cov, eps):
+        return mean + psd_factor(cov) @ eps
+
+    def step(z_next, t):
+        m_f, P_f = filtered.filtered_means[t], filtered.filtered_covariances[t]
+        P_p = filtered.predicted_covariances[t + 1]
+        G = _smoother_gain(P_f, params.F[t + 1] if tv_F else params.F, P_p)
+        z = draw(m_f + G @ (z_next - filtered.predicted_means[t + 1]), _symmetrize(P_f - G @ P_p @ G.T), noise[t])
+        return z, z
+
+    z_last = draw(filtered.filtered_means[-1], filtered.filtered_covariances[-1], noise[-1])
+    _, zs = lax.scan(step, z_last, jnp.arange(T - 1), reverse=True)
+    return jnp.concatenate([zs, z_last[None]], axis=0)
+
+
 def emission_moments(params: LinearGaussianParams, means, covariances, include_noise=True):
     """Moments of y_t = H_t z_t + d_t (+ noise) under z_t ~ N(means[t], covariances[t]).
 
