@@ -31,6 +31,39 @@ def seed003_params(key):
     }
 
 
+def seed003_bayesian_model(H):
+    """Seed 003's model with priors, as a NumPyro program: the emission matrix H
+    (dy, 2) is known; the dynamics F (2 x 2) and the noise scales q, r
+    (Q = q^2 I, R = r^2 I) get priors. With H known (full column rank) F, q and r
+    are identifiable; with H unknown only similarity invariants of (F, H) would be.
+
+    ``model(y=None, T=None)`` with y (T, dy). Truth in the demo: F = 0.99 x
+    rotation(pi/20), q = 0.1, r = sqrt(0.1).
+    """
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.contrib.control_flow import scan
+
+    H = jnp.asarray(H)
+    dz = H.shape[1]
+
+    def model(y=None, T=None):
+        F = numpyro.sample("F", dist.Normal(0.0, 1.0).expand([dz, dz]).to_event(2))
+        q = numpyro.sample("q", dist.HalfNormal(0.5))
+        r = numpyro.sample("r", dist.HalfNormal(1.0))
+
+        def step(z_prev, y_t):
+            z = numpyro.sample("z", dist.Normal(F @ z_prev, q).to_event(1))
+            numpyro.sample("y", dist.Normal(H @ z, r).to_event(1), obs=y_t)
+            return z, None
+
+        z0 = numpyro.sample("z0", dist.Normal(jnp.zeros(dz), 1.0).to_event(1))
+        scan(step, z0, y, length=T)
+
+    model.__name__ = "seed003_bayesian"
+    return model
+
+
 def _forecast_figure(ssm, params, emissions, num_forecast, title, path):
     import matplotlib.pyplot as plt
 
