@@ -40,33 +40,30 @@ def to_inference_data(posterior, key=None, num_forecast: int = 0, states: bool =
     import arviz as az
 
     key = jax.random.PRNGKey(0) if key is None else key
-    k_states, k_pred, k_ll = jax.random.split(key, 3)
     problem = posterior.ssm.state_space(posterior.params(0, 0), *posterior.args, **posterior.kwargs)
     names = problem.names
     dz, dy, T = problem.state_dim, problem.obs_dim, problem.length
+    what = (("states",) if states else ()) + (("log_predictive",) if log_likelihood else ()) + (
+        ("predictive",) if predictive else ())
+    derived = posterior.derived(key, what, num_steps=num_forecast if predictive else 0) if what else {}
     dims, data = {}, {}
     for name, value in {**posterior.samples, **posterior.deterministic}.items():
         value = np.asarray(value)
         data[name] = value
         dims[name] = site_dims(name, value.shape[2:], dz, dy)
-
     groups = {"posterior": data}
-    path_draws = None
-    if states or predictive:
-        path_draws = posterior.sample_states(k_states)
     if states:
-        data[names.latent] = np.asarray(path_draws)
+        data[names.latent] = np.asarray(derived["states"])
         dims[names.latent] = ["time", "state"]
     if posterior.sample_stats:
         groups["sample_stats"] = {k: np.asarray(v) for k, v in posterior.sample_stats.items()}
     groups["observed_data"] = {names.obs: np.asarray(problem.observations)}
     dims.setdefault(names.obs, ["time", "emission"])
     if predictive:
-        pred = posterior.predictive(k_pred, num_steps=num_forecast, states=path_draws)
-        group = {names.obs: np.asarray(pred["emissions"])}
+        group = {names.obs: np.asarray(derived["emissions"])}
         if num_forecast:
-            group[f"{names.obs}_forecast"] = np.asarray(pred["forecast_emissions"])
-            group[f"{names.latent}_forecast"] = np.asarray(pred["forecast_states"])
+            group[f"{names.obs}_forecast"] = np.asarray(derived["forecast_emissions"])
+            group[f"{names.latent}_forecast"] = np.asarray(derived["forecast_states"])
             dims[f"{names.obs}_forecast"] = ["horizon", "emission"]
             dims[f"{names.latent}_forecast"] = ["horizon", "state"]
         groups["posterior_predictive"] = group
@@ -77,7 +74,7 @@ def to_inference_data(posterior, key=None, num_forecast: int = 0, states: bool =
     idata = az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)
     if log_likelihood:
         # Same variable name as the emission site (ArviZ's convention), but one value per time step.
-        ll = np.asarray(posterior.log_likelihood(k_ll))
+        ll = np.asarray(derived["log_predictive"])
         idata.extend(az.from_dict(log_likelihood={names.obs: ll}, coords=coords, dims={names.obs: ["time"]},
                                   attrs=attrs))
     return idata

@@ -70,10 +70,11 @@ class SamplerSetup:
 def sampler_setup(ssm, args, kwargs, params=None) -> SamplerSetup:
     """Check the model for posterior sampling; raise a clear error if it cannot be sampled."""
     params = dict(params or {})
-    names = discover(ssm.model, args, kwargs, ssm.latent, ssm.obs)
-    interceptor = ScanInterceptor(names=names, latent=ssm.latent, obs=ssm.obs)
+    # One discovery pass; improper priors are refused before they are sampled.
+    interceptor = ScanInterceptor(latent=ssm.latent, obs=ssm.obs)
     with handlers.seed(rng_seed=0), interceptor, _RejectImproperPriors():
         ssm.model(*args, **kwargs)
+    names = interceptor.found or discover(ssm.model, args, kwargs, ssm.latent, ssm.obs)  # (raises: no scan)
     outer = {k: interceptor.outer_sites[k] for k in names.globals}
     unknown = [k for k in params if k not in outer]
     if unknown:

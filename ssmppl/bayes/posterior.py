@@ -21,33 +21,8 @@ from ..inference.base import Backend
 from ..inference.kalman import Kalman
 from ..models.dependence import reads
 
-_DRAW_BATCH = 64  # draws vectorised together inside the map over draws
-
-
-def _map_draws(fn, draws, keys):
-    """fn(params, key) over flat draws ({name: (N, ...)}, keys (N, 2))."""
-    n = keys.shape[0]
-    return lax.map(lambda a: fn(*a), (draws, keys), batch_size=min(n, _DRAW_BATCH))
-
-
 def _params_of(fixed, draw):
     return {**fixed, **draw}
-
-
-def _states_of_draws(ssm, method, fixed, draws, keys, args, kwargs):
-    def one(draw, key):
-        problem = ssm.state_space(_params_of(fixed, draw), *args, **kwargs)
-        return method.sample_states(problem, key)
-
-    return _map_draws(one, draws, keys)
-
-
-def _log_predictive_of_draws(ssm, method, fixed, draws, keys, args, kwargs):
-    def one(draw, key):
-        problem = ssm.state_space(_params_of(fixed, draw), *args, **kwargs)
-        return method.log_predictive(problem, key if method.requires_key else None)
-
-    return _map_draws(one, draws, keys)
 
 
 def _check_forecastable(problem):
@@ -64,38 +39,57 @@ def _check_forecastable(problem):
             )
 
 
-def _predict_draws(ssm, fixed, draws, states, keys, num_steps, args, kwargs):
-    """Per draw: emissions y_t ~ p(y | z_t) for t = 1..T, then ``num_steps`` simulated steps ahead."""
+def _predict(problem, zs, key, num_steps):
+    """Emissions y_t ~ p(y | z_t) for t = 1..T, then ``num_steps`` simulated steps ahead of z_T."""
+    k_emit, k_ahead = jax.random.split(key)
+    T, xs = zs.shape[0], problem.xs
 
-    def one(draw_and_states, key):
-        draw, zs = draw_and_states
+    def emit(z, x, k):
+        return jnp.reshape(problem.emission(z, x).sample(k), (-1,))
+
+    emis_keys = jax.random.split(k_emit, T)
+    if xs is None:
+        ys = jax.vmap(lambda z, k: emit(z, None, k))(zs, emis_keys)
+    else:
+        ys = jax.vmap(emit)(zs, xs, emis_keys)
+    out = {"emissions": ys}
+    if num_steps:
+        x_last = None if xs is None else problem.xs_at(T - 1)
+
+        def step(z, k):
+            k_z, k_y = jax.random.split(k)
+            z = jnp.reshape(problem.transition(z, x_last).sample(k_z), (-1,))
+            return z, (z, emit(z, x_last, k_y))
+
+        _, (fz, fy) = lax.scan(step, zs[-1], jax.random.split(k_ahead, num_steps))
+        out["forecast_states"], out["forecast_emissions"] = fz, fy
+    return out
+
+
+def _derived_of_draws(ssm, method, fixed, draws, states, keys, what, num_steps, args, kwargs):
+    """Per draw, in one ``lax.map`` (one compilation; sequential because compiling a
+    vmapped filter takes longer than running thousands of draws in turn):
+    ``states`` (method's path sampler, unless path draws are given), ``log_predictive``
+    (T,), and the predictive draws of ``_predict``."""
+
+    def one(inputs):
+        draw, zs, key = inputs
         problem = ssm.state_space(_params_of(fixed, draw), *args, **kwargs)
-        k_emit, k_ahead = jax.random.split(key)
-        T = zs.shape[0]
-        xs = problem.xs
-
-        def emit(z, x, k):
-            return jnp.reshape(problem.emission(z, x).sample(k), (-1,))
-
-        emis_keys = jax.random.split(k_emit, T)
-        if xs is None:
-            ys = jax.vmap(lambda z, k: emit(z, None, k))(zs, emis_keys)
-        else:
-            ys = jax.vmap(emit)(zs, xs, emis_keys)
-        out = {"emissions": ys}
-        if num_steps:
-            x_last = None if xs is None else problem.xs_at(T - 1)
-
-            def step(z, k):
-                k_z, k_y = jax.random.split(k)
-                z = jnp.reshape(problem.transition(z, x_last).sample(k_z), (-1,))
-                return z, (z, emit(z, x_last, k_y))
-
-            _, (fz, fy) = lax.scan(step, zs[-1], jax.random.split(k_ahead, num_steps))
-            out["forecast_states"], out["forecast_emissions"] = fz, fy
+        k_states, k_ll, k_pred = jax.random.split(key, 3)
+        out = {}
+        if zs is None and ("states" in what or "predictive" in what):
+            zs = method.sample_states(problem, k_states)
+        if "states" in what:
+            out["states"] = zs
+        if "log_predictive" in what:
+            out["log_predictive"] = method.log_predictive(problem, k_ll if method.requires_key else None)
+        if "predictive" in what:
+            if num_steps:
+                _check_forecastable(problem)  # at trace time
+            out.update(_predict(problem, zs, k_pred, num_steps))
         return out
 
-    return _map_draws(one, (draws, states), keys)
+    return lax.map(one, (draws, states, keys))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -150,11 +144,6 @@ class Posterior:
         c, d = self.num_chains, self.num_draws
         return jax.tree.map(lambda a: jnp.reshape(a, (c, d) + a.shape[1:]), tree)
 
-    def _keys(self, key):
-        if key is None:
-            raise ValueError("pass key=jax.random.PRNGKey(...): draws are random")
-        return jax.random.split(key, self.num_chains * self.num_draws)
-
     def _derived_method(self):
         # Joint samplers have no filter of their own; derived filter quantities use the exact one.
         return self.method if self.method is not None else Kalman()
@@ -164,6 +153,28 @@ class Posterior:
         return _params_of(self.fixed, {k: v[chain, draw] for k, v in self.samples.items()})
 
     # -- derived quantities ------------------------------------------------------
+    def derived(self, key, what=("states", "log_predictive", "predictive"), num_steps: int = 0, states=None) -> dict:
+        """Per-draw quantities in one compiled pass, each (chains, draws, ...): ``states``
+        (T, dz), ``log_predictive`` (T,), ``emissions`` (T, dy) and, with ``num_steps``,
+        ``forecast_states`` / ``forecast_emissions``. See the methods below."""
+        what = tuple(what)
+        if states is None:
+            states = self.states
+        method = self._derived_method()
+        random = ("predictive" in what or ("states" in what and states is None)
+                  or ("log_predictive" in what and method.requires_key))
+        if key is None:
+            if random:
+                raise ValueError("pass key=jax.random.PRNGKey(...): these draws are random")
+            key = jax.random.PRNGKey(0)
+        if not isinstance(num_steps, int) or num_steps < 0:
+            raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+        keys = jax.random.split(key, self.num_chains * self.num_draws)
+        flat = jit_by_arrays(_derived_of_draws, self.ssm, method, self.fixed,
+                             self._flat(self.samples), None if states is None else self._flat(states), keys, what,
+                             num_steps if "predictive" in what else 0, self.args, self.kwargs)
+        return self._unflat(flat)
+
     def sample_states(self, key=None):
         """Latent paths, one per parameter draw: (chains, draws, T, dz).
 
@@ -174,44 +185,28 @@ class Posterior:
         """
         if self.states is not None:
             return self.states
-        method = self.method
-        flat = jit_by_arrays(_states_of_draws, self.ssm, method, self.fixed, self._flat(self.samples),
-                             self._keys(key), self.args, self.kwargs)
-        return self._unflat(flat)
+        return self.derived(key, ("states",))["states"]
 
     def log_likelihood(self, key=None):
         """log p(y_t | y_{1:t-1}, theta) for every time step and draw: (chains, draws, T).
 
         Missing steps contribute 0. Summed over time, the marginal log-likelihood of
-        each draw. Joint samplers use the exact ``Kalman`` filter here.
+        each draw. Joint samplers use the exact ``Kalman`` filter here. ``key``: only
+        for sampling backends.
         """
-        method = self._derived_method()
-        if method.requires_key and key is None:
-            raise ValueError(f"{type(method).__name__} samples: pass key=jax.random.PRNGKey(...)")
-        keys = jax.random.split(key if key is not None else jax.random.PRNGKey(0), self.num_chains * self.num_draws)
-        flat = jit_by_arrays(_log_predictive_of_draws, self.ssm, method, self.fixed, self._flat(self.samples), keys,
-                             self.args, self.kwargs)
-        return self._unflat(flat)
+        return self.derived(key, ("log_predictive",))["log_predictive"]
 
     def predictive(self, key, num_steps: int = 0, states=None) -> dict:
         """Posterior predictive draws, one per parameter draw.
 
         Returns ``emissions`` (chains, draws, T, dy): y_t ~ p(y_t | z_t, theta) with
-        z from ``sample_states``; with ``num_steps > 0`` also ``forecast_states``
-        (chains, draws, num_steps, dz) and ``forecast_emissions`` (..., dy), paths
-        simulated forward from each draw's z_T. ``states``: reuse path draws from
-        ``sample_states`` instead of drawing new ones.
+        z a path draw (as ``sample_states``); with ``num_steps > 0`` also
+        ``forecast_states`` (chains, draws, num_steps, dz) and ``forecast_emissions``
+        (..., dy), paths simulated forward from each draw's z_T. ``states``: path
+        draws to reuse (chains, draws, T, dz).
         """
-        if not isinstance(num_steps, int) or num_steps < 0:
-            raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
-        k_states, k_pred = jax.random.split(key)
-        if states is None:
-            states = self.sample_states(k_states)
-        if num_steps:
-            _check_forecastable(self.ssm.state_space(self.params(0, 0), *self.args, **self.kwargs))
-        flat = jit_by_arrays(_predict_draws, self.ssm, self.fixed, self._flat(self.samples), self._flat(states),
-                             self._keys(k_pred), num_steps, self.args, self.kwargs)
-        return self._unflat(flat)
+        out = self.derived(key, ("predictive",), num_steps=num_steps, states=states)
+        return {k: v for k, v in out.items() if k != "states"}
 
     def observations(self):
         """The data the posterior conditions on: (T, dy), NaN where missing."""

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 from numpyro.contrib.control_flow.scan import scan_wrapper
+from numpyro.distributions.distribution import validation_enabled
 from numpyro.ops.pytree import PytreeTrace
 from numpyro.primitives import Messenger
 
@@ -126,15 +127,17 @@ def _float_dtype():
     return jnp.result_type(float)
 
 
-def run_step(f, carry, x, latent=None, latent_value=None, obs=None, rng_key=None):
+def run_step(f, carry, x, latent=None, latent_value=None, obs=None, rng_key=None, validate=True):
     """Run the user's step once, hidden from outer handlers.
 
     Returns (sites, new_carry, output): the recorded sites by name and what the
-    step returned.
+    step returned. ``validate=False`` skips NumPyro's argument validation: backends
+    call the step many times under tracing, where validation cannot raise and its
+    constraint checks only cost tracing time (most of it, for a small model).
     """
     recorder = _StepRecorder(latent, latent_value, obs)
     fn = handlers.seed(f, rng_key) if rng_key is not None else f
-    with handlers.block(), recorder:
+    with handlers.block(), recorder, validation_enabled(validate):
         new_carry, output = fn(carry, x)
     return recorder.sites, new_carry, output
 
@@ -291,11 +294,13 @@ def build_state_space(f, init, xs, T, names: SiteNames, initial) -> StateSpace:
     placeholder = jnp.zeros(state_shape, jnp.result_type(init, float))
 
     def transition(z_prev, xs_t):
-        sites, _, _ = run_step(f, z_prev.reshape(state_shape), xs_t, names.latent, placeholder, names.obs)
+        sites, _, _ = run_step(f, z_prev.reshape(state_shape), xs_t, names.latent, placeholder, names.obs,
+                               validate=False)
         return sites[names.latent]["fn"]
 
     def emission_given(z_prev, z, xs_t):
-        sites, _, _ = run_step(f, z_prev.reshape(state_shape), xs_t, names.latent, z.reshape(state_shape), names.obs)
+        sites, _, _ = run_step(f, z_prev.reshape(state_shape), xs_t, names.latent, z.reshape(state_shape), names.obs,
+                               validate=False)
         return sites[names.obs]["fn"]
 
     def emission(z, xs_t):
