@@ -9,7 +9,7 @@ import sys
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ssmppl", description="State-space models as NumPyro programs.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="simulate, smooth, forecast and fit (EM, SGD) the seed-003 linear Gaussian SSM; write figures")
+    demo = sub.add_parser("demo", help="simulate, smooth, forecast, fit (EM, SGD) and sample (NUTS) the seed-003 linear Gaussian SSM; write figures")
     demo.add_argument("--out", default="demo_out", help="folder for the figure (default: demo_out)")
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -23,7 +23,12 @@ def main(argv=None) -> int:
         print(f"observations inside the smoothed ±2 sd band: {100 * result['coverage_2sd']:.1f}%")
         print(f"fitted from a random initialisation: EM ({result['em_iters']} iterations) log-likelihood "
               f"{result['em_loglik']:.4f}; SGD ({result['sgd_epochs']} Adam epochs) {result['sgd_loglik']:.4f}")
-        print(f"figures written to {result['figure']}, {result['learning_curves']}, {result['fitted_figure']}")
+        print(f"\nNUTS on F, q, r (Kalman-marginalised, {result['hmc_summary'].shape[0]} scalars): "
+              f"{result['hmc_divergences']} divergences, max r-hat {result['hmc_max_rhat']:.3f}")
+        print(result["hmc_summary"].to_string())
+        print("true values inside the 94% HDI: " + ", ".join(f"{k}: {v}" for k, v in result["hmc_truth_inside_94"].items()))
+        print(f"figures written to {result['figure']}, {result['learning_curves']}, {result['fitted_figure']}, "
+              f"{result['hmc_trace']}, {result['state_posterior']}")
     return 0
 
 

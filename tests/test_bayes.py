@@ -6,7 +6,6 @@ Gaussian moments for predictive draws and forecasts. Monte Carlo tolerances are
 stated at each assertion and follow from the number of (effective) draws.
 """
 
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -139,17 +138,18 @@ def assert_matches_grid(draws, grid):
         assert abs(sq.mean() - var) < 4 * sq.std() / np.sqrt(ess_sq), (name, sq.mean(), var, ess_sq)
 
 
-def test_marginal_nuts_matches_grid_posterior(nile):
-    ssm, y, grid = nile
-    post = ssm.sample_posterior(jax.random.PRNGKey(0), y, num_warmup=500, num_samples=1000, num_chains=2,
+@pytest.fixture(scope="module")
+def nile_posterior(nile):
+    ssm, y, _ = nile
+    return ssm.sample_posterior(jax.random.PRNGKey(0), y, num_warmup=500, num_samples=1000, num_chains=2,
                                 progress_bar=False)
+
+
+def test_marginal_nuts_matches_grid_posterior(nile, nile_posterior):
+    ssm, y, grid = nile
+    post = nile_posterior
     assert post.num_divergences == 0
     assert_matches_grid(post.samples, grid)
-    # the per-step log predictive of each draw sums to that draw's marginal log-likelihood
-    ll = post.log_likelihood()
-    assert ll.shape == (2, 1000, 100)
-    p = post.params(1, 7)
-    np.testing.assert_allclose(ll[1, 7].sum(), ssm.log_likelihood(p, y), rtol=1e-12)
 
 
 @pytest.mark.slow
@@ -191,28 +191,29 @@ def test_predictive_and_forecast_draws_match_kalman_moments():
 
 
 # -- ArviZ ----------------------------------------------------------------------------------
-def test_to_arviz_groups_dims_and_diagnostics(nile):
+def test_to_arviz_groups_dims_and_diagnostics(nile, nile_posterior):
     import arviz as az
 
     ssm, y, _ = nile
-    post = ssm.sample_posterior(jax.random.PRNGKey(2), y, num_warmup=200, num_samples=100, num_chains=2,
-                                progress_bar=False)
+    post = nile_posterior
     idata = post.to_arviz(key=jax.random.PRNGKey(3), num_forecast=5)
     for group in ("posterior", "sample_stats", "observed_data", "log_likelihood", "posterior_predictive"):
         assert group in idata.groups()
     assert idata.posterior["level"].dims == ("chain", "draw", "time", "state")
-    assert idata.posterior["level"].shape == (2, 100, 100, 1)
+    assert idata.posterior["level"].shape == (2, 1000, 100, 1)
     assert idata.log_likelihood["y"].dims == ("chain", "draw", "time")
     assert idata.posterior_predictive["y"].dims == ("chain", "draw", "time", "emission")
-    assert idata.posterior_predictive["y_forecast"].shape == (2, 100, 5, 1)
+    assert idata.posterior_predictive["y_forecast"].shape == (2, 1000, 5, 1)
     assert set(idata.sample_stats) >= {"diverging", "tree_depth", "step_size", "energy", "acceptance_rate", "lp"}
     np.testing.assert_array_equal(idata.observed_data["y"].values[:, 0], y)
     # the log_likelihood group is the per-step log predictive: it sums to each draw's log-likelihood
     total = idata.log_likelihood["y"].sum("time").values
-    np.testing.assert_allclose(total[0, 3], ssm.log_likelihood(post.params(0, 3), y), rtol=1e-12)
+    for c, d in ((0, 3), (1, 700)):
+        np.testing.assert_allclose(total[c, d], ssm.log_likelihood(post.params(c, d), y), rtol=1e-12)
+    np.testing.assert_array_equal(post.log_likelihood(), idata.log_likelihood["y"].values)
     summary = az.summary(idata, var_names=["log_s2_obs", "log_s2_level"])
     assert list(summary.index) == ["log_s2_obs", "log_s2_level"]
-    assert np.all(np.isfinite(az.rhat(idata, var_names=["log_s2_obs"]).to_array().values))
+    assert np.all(az.rhat(idata, var_names=["log_s2_obs", "log_s2_level"]).to_array().values < 1.01)
     # the same key gives the same draws
     again = post.to_arviz(key=jax.random.PRNGKey(3), num_forecast=5)
     np.testing.assert_array_equal(again.posterior["level"].values, idata.posterior["level"].values)
@@ -315,12 +316,46 @@ def test_divergences_are_reported_not_swallowed():
 
 
 def test_fixed_sites_are_held():
-    """params= conditions a sample site: the sampler draws only the others."""
+    """params= conditions a sample site: the sampler's model has only the other global latent."""
+    from numpyro.infer.util import log_density
+
+    from ssmppl.bayes.model_setup import sampler_model, sampler_setup
+
     ssm = SSM(nile_model)
     y = np.linspace(8.0, 12.0, 30)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DivergenceWarning)
-        post = ssm.sample_posterior(jax.random.PRNGKey(0), y, num_warmup=50, num_samples=20, num_chains=1,
-                                    params={"log_s2_obs": 0.3}, progress_bar=False)
-    assert list(post.samples) == ["log_s2_level"]
-    assert float(post.params(0, 3)["log_s2_obs"]) == 0.3
+    setup = sampler_setup(ssm, (y,), {}, {"log_s2_obs": 0.3})
+    assert setup.inferred == ("log_s2_level",)
+    model = sampler_model(ssm, setup, Kalman())
+    ld, trace = log_density(model, (y,), {}, {"log_s2_level": -1.0})
+    latent = [k for k, s in trace.items() if s["type"] == "sample" and not s["is_observed"]]
+    assert latent == ["log_s2_level"]
+    expected = (ssm.log_likelihood({"log_s2_obs": 0.3, "log_s2_level": -1.0}, y) + stats.norm(0, 2).logpdf(0.3)
+                + stats.norm(-1, 2).logpdf(-1.0))
+    np.testing.assert_allclose(ld, expected, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_seed003_posterior_four_chains_converge_and_cover_the_truth():
+    """Seed 003's model (H known; priors on F, q, r), T=100, the demo's data: 4 chains x 1000
+    draws, r-hat < 1.01, no divergences, every true value inside its 94% HDI.
+
+    With H known and of full column rank the state's coordinates are fixed, so F, q and r
+    are identifiable (with H unknown, (F, H) ~ (A F A^-1, H A^-1) would leave only similarity
+    invariants). For independent intervals the chance that all 6 cover is ~0.94^6 = 0.69;
+    this data set (fixed seed) is one where they do, as the demo prints."""
+    import arviz as az
+
+    from ssmppl.demo import seed003_bayesian_model, seed003_params
+
+    k_params, k_sample = jax.random.split(jax.random.PRNGKey(0))
+    params = seed003_params(k_params)
+    _, y = SSM(linear_gaussian_ssm(2, 10)).sample(k_sample, params, T=100)
+    ssm = SSM(seed003_bayesian_model(params["H"]))
+    post = ssm.sample_posterior(jax.random.PRNGKey(7), y, num_warmup=1000, num_samples=1000, num_chains=4,
+                                progress_bar=False)
+    assert post.num_divergences == 0
+    idata = post.to_arviz(key=jax.random.PRNGKey(8), predictive=False, log_likelihood=False)
+    summary = az.summary(idata, var_names=["F", "q", "r"], hdi_prob=0.94)
+    assert summary["r_hat"].max() < 1.01
+    truth = np.concatenate([np.ravel(params["F"]), [0.1, np.sqrt(0.1)]])
+    assert np.all((summary["hdi_3%"].values <= truth) & (truth <= summary["hdi_97%"].values)), summary

@@ -131,8 +131,15 @@ def test_demo_fits_and_writes_figures(x64, tmp_path):
     """The demo's EM and SGD fits beat the true parameters' log-likelihood (T=100 overfits)."""
     from ssmppl.demo import run_demo
 
-    result = run_demo(str(tmp_path), num_em_iters=15, num_sgd_epochs=150)
+    result = run_demo(str(tmp_path), num_em_iters=15, num_sgd_epochs=150, num_hmc_warmup=150, num_hmc_samples=100,
+                      num_chains=2)
     assert result["em_loglik"] > result["marginal_loglik"]
     assert result["sgd_loglik"] > result["marginal_loglik"] - 150.0  # 150 Adam epochs: well on the way
-    for key in ("figure", "learning_curves", "fitted_figure"):
+    # the HMC section: 6 scalars summarised; with the true H known, F, q, r are well determined
+    summary = result["hmc_summary"]
+    assert summary.shape[0] == 6 and result["hmc_divergences"] == 0
+    assert np.all(np.abs(summary["mean"].values - [0.99 * np.cos(np.pi / 20), -0.99 * np.sin(np.pi / 20),
+                                                   0.99 * np.sin(np.pi / 20), 0.99 * np.cos(np.pi / 20),
+                                                   0.1, np.sqrt(0.1)]) < 4 * summary["sd"].values + 0.01)
+    for key in ("figure", "learning_curves", "fitted_figure", "hmc_trace", "state_posterior"):
         assert (tmp_path / result[key].split("/")[-1]).stat().st_size > 10_000
