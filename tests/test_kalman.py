@@ -202,7 +202,8 @@ def test_against_statsmodels(case):
     assert_close(ours.smoothed_cross_covariances, np.swapaxes(cross, -1, -2), name="cross_covs")
 
 
-@pytest.mark.parametrize("case", CASES)
+# One long case runs by default; the other two (same code paths, other model shapes) are slow.
+@pytest.mark.parametrize("case", [c if c == "time_varying" else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
 def test_parallel_equals_sequential_long(case):
     model, args, kwargs, mats, ys = make_case(case, T=200, seed=2)
     ssm = SSM(model)

@@ -162,6 +162,7 @@ def test_batch_of_copies_equals_single_sequence(x64, seed003):
         np.testing.assert_allclose(pb[k], p1[k], rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.slow  # batch handling is also covered by test_batch_of_copies_equals_single_sequence
 def test_batch_of_20_sequences(x64, seed003):
     ssm, true, _, init = seed003
     _, ys = jax.vmap(lambda k: ssm.sample(k, true, T=100))(jax.random.split(jax.random.PRNGKey(7), 20))
