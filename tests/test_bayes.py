@@ -359,3 +359,23 @@ def test_seed003_posterior_four_chains_converge_and_cover_the_truth():
     assert summary["r_hat"].max() < 1.01
     truth = np.concatenate([np.ravel(params["F"]), [0.1, np.sqrt(0.1)]])
     assert np.all((summary["hdi_3%"].values <= truth) & (truth <= summary["hdi_97%"].values)), summary
+
+
+def test_joint_model_masks_missing_observations():
+    """method=None samples the path: the sampler's log density is log prior + log p(z_{0:T})
+    + the observed emissions' terms (scipy), missing entries (NaN) left out, not NaN."""
+    from numpyro.infer.util import log_density
+
+    from ssmppl.bayes.model_setup import sampler_model, sampler_setup
+
+    ssm = SSM(offset_model)
+    y = np.array([0.3, np.nan, 1.2, -0.4, np.nan])
+    z = np.array([0.1, 0.5, 0.9, 0.2, -0.3])
+    z0, b = 0.2, 0.7
+    setup = sampler_setup(ssm, (y,), {})
+    ld, _ = log_density(sampler_model(ssm, setup, None), (y,), {}, {"b": b, "level0": z0, "level": jnp.asarray(z)})
+    prev = np.concatenate([[z0], z[:-1]])
+    seen = ~np.isnan(y)
+    expected = (stats.norm(0, 3).logpdf(b) + stats.norm(0, 1).logpdf(z0) + stats.norm(0.9 * prev, 0.5).logpdf(z).sum()
+                + stats.norm(z[seen] + b, 1.0).logpdf(y[seen]).sum())
+    np.testing.assert_allclose(ld, expected, rtol=1e-12)

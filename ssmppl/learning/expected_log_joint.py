@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from ..inference.gaussian import gaussian_moments, is_gaussian
-from ..inference.linear_gaussian import masked_emission, psd_factor
+from ..inference.linear_gaussian import _LOG_2PI, masked_emission, psd_factor
 from ..inference.results import SmoothResult, lagged_moments
 
 
@@ -49,16 +49,17 @@ def cubature_points(smoothed: SmoothResult, has_initial: bool):
 def masked_log_prob(d, y, obs_shape):
     """log p(y_observed) under ``d`` for a flat y with NaN for missing components.
 
-    Gaussian emissions: the exact marginal of the observed components (up to a
-    constant per missing component, which does not depend on the parameters).
-    A batch of independent scalars: the observed terms. Anything else must be
-    fully observed.
+    Gaussian emissions: the exact marginal of the observed components. A batch
+    of independent scalars: the observed terms. Anything else must be fully
+    observed.
     """
     observed = ~jnp.isnan(y)
     if is_gaussian(d):
         mean, cov = gaussian_moments(d)
-        y0, _, d0, R0, _ = masked_emission(y, jnp.zeros((y.shape[0], 0), mean.dtype), mean, cov)
-        return dist.MultivariateNormal(d0, R0).log_prob(y0)
+        y0, _, d0, R0, n_obs = masked_emission(y, jnp.zeros((y.shape[0], 0), mean.dtype), mean, cov)
+        # each missing component adds an independent N(0 | 0, 1) term: remove it
+        dummy = -0.5 * _LOG_2PI * (y.shape[0] - n_obs)
+        return dist.MultivariateNormal(d0, R0).log_prob(y0) - dummy
     base = d
     while isinstance(base, dist.Independent):
         base = base.base_dist
