@@ -30,3 +30,33 @@ def test_notebook_runs(path):
         err = np.asarray(namespace["smoothed"].smoothed_means - namespace["states"])
         sd = np.sqrt(np.diagonal(np.asarray(namespace["smoothed"].smoothed_covariances), axis1=1, axis2=2))
         assert np.mean(np.abs(err) < 2 * sd) > 0.9
+    # the Bayesian notebook: converged chains, and posteriors that agree with the MLE, the truth and each other
+    if path.name == "03_bayesian_ssm.ipynb":
+        import arviz as az
+        import numpy as np
+
+        ns = namespace
+        for name in ("nile_post", "s3_post", "bj_post"):
+            assert ns[name].num_divergences == 0, name
+        for idata, names in ((ns["nile_idata"], ["log_sigma2_obs", "log_sigma2_level"]), (ns["s3_idata"], ["F", "q", "r"])):
+            rhat, ess = az.rhat(idata, var_names=names), az.ess(idata, var_names=names)
+            assert max(float(rhat[v].max()) for v in names) < 1.01
+            assert min(float(ess[v].min()) for v in names) > 400
+        nile = ns["nile_table"]  # statsmodels' MLE inside the 94% HDI; sigma2_obs's median within 10% of it
+        assert nile["MLE in HDI"].all()
+        assert abs(nile.loc["sigma2_obs", "posterior median"] / nile.loc["sigma2_obs", "MLE (statsmodels)"] - 1) < 0.1
+        s3 = ns["s3_table"]  # seed 003: every true parameter within 3 posterior sd, q and r inside their HDIs
+        assert (s3["(mean - truth) / sd"].abs() < 3).all()
+        assert s3.loc[["q", "r"], "truth in HDI"].all()
+        z = ns["s3_idata"].posterior["z"]
+        assert z.dims == ("chain", "draw", "time", "state")
+        lo, hi = np.quantile(z.values.reshape(-1, 100, 2), [0.03, 0.97], axis=0)
+        truth = np.asarray(ns["true_states"])
+        assert np.mean((truth >= lo) & (truth <= hi)) > 0.85
+        assert ns["s3_idata"].log_likelihood["y"].dims == ("chain", "draw", "time")
+        comp = ns["comparison"]  # blackjax, joint NUTS and SVI find the same posterior (within MC / VI error)
+        ref = comp.loc["NUTS (numpyro), Kalman-marginal"]
+        for row in comp.index:
+            for p in ("log_sigma2_obs", "log_sigma2_level"):
+                assert abs(comp.loc[row, f"{p} mean"] - ref[f"{p} mean"]) < 0.5 * ref[f"{p} sd"], (row, p)
+        assert comp.loc["NUTS (blackjax), Kalman-marginal", "max r_hat"] < 1.01
