@@ -9,7 +9,12 @@ import pytest
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+# The Bayesian notebook compiles seven samplers (~3 min on one core): it runs in the slow set.
+HEAVY = {"03_bayesian_ssm.ipynb"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.name in HEAVY else p for p in NOTEBOOKS],
+                         ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
