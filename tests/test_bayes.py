@@ -19,6 +19,7 @@ from numpyro.diagnostics import effective_sample_size
 from scipy import stats
 
 from oracles import condition, joint_gaussian
+from test_kalman import random_cov, tv_model
 from ssmppl import SSM, Kalman, ModelStructureError, ObservationShapeError
 from ssmppl.bayes import DivergenceWarning, Posterior
 from ssmppl.models import linear_gaussian_ssm
@@ -27,23 +28,6 @@ pytestmark = pytest.mark.usefixtures("x64")
 
 
 # -- path sampler: FFBS against the brute-force joint posterior -----------------------
-def tv_model(m0, P0, Fs, cs, LQs, Hs, ds, LRs, y=None):
-    z0 = numpyro.sample("z0", dist.MultivariateNormal(m0, P0))
-
-    def step(z_prev, xs):
-        F, c, LQ, H, d, LR, y_t = xs
-        z = numpyro.sample("z", dist.MultivariateNormal(F @ z_prev + c, scale_tril=LQ))
-        numpyro.sample("y", dist.MultivariateNormal(H @ z + d, scale_tril=LR), obs=y_t)
-        return z, None
-
-    scan(step, z0, (Fs, cs, LQs, Hs, ds, LRs, y))
-
-
-def _random_cov(rng, n):
-    A = rng.normal(size=(n, n)) / np.sqrt(n)
-    return A @ A.T + 0.2 * np.eye(n)
-
-
 @pytest.mark.parametrize("method", [Kalman(), Kalman(parallel=True)], ids=["sequential", "parallel"])
 def test_ffbs_draws_follow_the_joint_smoothing_posterior(method):
     """N draws of z_{1:T} | y (T=5, dz=2: a 10-d Gaussian, time-varying matrices, missing data).
@@ -56,8 +40,8 @@ def test_ffbs_draws_follow_the_joint_smoothing_posterior(method):
     """
     rng = np.random.default_rng(3)
     T, dz, dy = 5, 2, 2
-    Q, R = [_random_cov(rng, dz) for _ in range(T)], [_random_cov(rng, dy) for _ in range(T)]
-    mats = dict(m0=rng.normal(size=dz), P0=_random_cov(rng, dz),
+    Q, R = [random_cov(rng, dz) for _ in range(T)], [random_cov(rng, dy) for _ in range(T)]
+    mats = dict(m0=rng.normal(size=dz), P0=random_cov(rng, dz),
                 F=[0.9 * np.linalg.qr(rng.normal(size=(dz, dz)))[0] for _ in range(T)],
                 c=[rng.normal(size=dz) for _ in range(T)], Q=Q, H=[rng.normal(size=(dy, dz)) for _ in range(T)],
                 d=[rng.normal(size=dy) for _ in range(T)], R=R)
