@@ -21,7 +21,7 @@ here so that both sides' priors sit next to each other): dz = 2, dy = 10, known 
 matrix H ~ N(0, 1) and initial state z_0 ~ N(0, I); sampled: the dynamics matrix F (4
 scalars, prior N(0, 1) each), the transition scale q (Q = q^2 I, prior HalfNormal(0.5)) and
 the emission scale r (R = r^2 I, prior HalfNormal(1)). Data: seed 003's truth (F = 0.99 x
-rotation(pi/20), Q = 0.01 I, R = 0.1 I), simulated with ``ssm.sample``; T = 100 and 1000.
+rotation(pi/20), Q = 0.01 I, R = 0.1 I), simulated with ``ssm.sample``; T = 100 (default) and 1000 (opt-in).
 
 Same posterior, same parameterisation: both sides sample (F, log q, log r). NumPyro maps the
 positive priors' support with exp; the peer's q, r carry the constrainer
@@ -55,10 +55,10 @@ benchmarks/README.md (jax 0.10 thread-pool stalls); start it under ``taskset -c 
 choose which core on a shared machine.
 
 Usage:
-    taskset -c 1 python benchmarks/hmc.py --out benchmarks/results_hmc_cpu.md   # both setups, ~20 min CPU
-    python benchmarks/hmc.py --setups T100                                        # T = 100 only, ~8 min
-    python benchmarks/hmc.py --setups T100 --num-warmup 1000 --num-samples 1000 \
-        --out benchmarks/results_hmc_cpu.md --append                               # 4 x (1000 + 1000), ~15 min
+    taskset -c 1 python benchmarks/hmc.py --out benchmarks/results_hmc_cpu.md   # T = 100, ~9 min of CPU
+    taskset -c 1 python benchmarks/hmc.py --setups T1000 \
+        --out benchmarks/results_hmc_cpu.md --append                               # T = 1000, ~25 min, appended
+    python benchmarks/hmc.py --num-warmup 1000 --num-samples 1000                 # 4 x (1000 + 1000), ~15 min
 """
 
 from __future__ import annotations
@@ -77,21 +77,22 @@ from _common import device_label, git_rev, pin_cpus  # noqa: E402
 from _common import markdown_table, text_table  # noqa: E402
 
 # Per setup: T, the default numbers of warmup steps / draws per chain and of calls per sampler.
-# Every ssmppl call compiles for ~30 s of CPU, and at T = 1000 a gradient costs 10x more than at
-# T = 100, so the defaults are smaller than 4 x (1000 + 1000) and T = 1000 runs short chains once:
-# T = 100 takes ~8 minutes of CPU on one core, T = 1000 ~12 (see benchmarks/README.md).
-# --num-warmup / --num-samples / --calls override them (e.g. --setups T100 --num-warmup 1000
-# --num-samples 1000 for 4 x (1000 + 1000) draws).
+# Every ssmppl call compiles for ~30 s of CPU and a T = 1000 gradient costs 10x a T = 100 one, so
+# the default run is T = 100 alone, 4 x (500 + 500) twice per sampler (~9 minutes of CPU on one
+# core); T = 1000 is opt-in (--setups T100 T1000, or T1000 alone: ~25 minutes of CPU for one call
+# per sampler of 4 x (300 + 300); with 100 warmup steps blackjax's window adaptation had not
+# converged there). --num-warmup / --num-samples / --calls override them.
 SETUPS = {
     "T100": dict(T=100, num_warmup=500, num_samples=500, calls=2),
-    "T1000": dict(T=1000, num_warmup=100, num_samples=100, calls=1),
+    "T1000": dict(T=1000, num_warmup=300, num_samples=300, calls=1),
 }
 SAMPLERS = ("ssmppl numpyro", "ssmppl blackjax", "peer")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS))
+    p.add_argument("--setups", nargs="+", choices=list(SETUPS), default=["T100"],
+                   help="T100 (default) and/or T1000 (opt-in: ~25 min of CPU)")
     p.add_argument("--num-warmup", type=int, default=None, help="warmup steps per chain (default: per setup)")
     p.add_argument("--num-samples", type=int, default=None, help="draws per chain (default: per setup)")
     p.add_argument("--num-chains", type=int, default=4)
