@@ -2,10 +2,10 @@
 
 from . import inference, models
 from .errors import ModelStructureError, ObservationShapeError
-from .inference import Kalman
+from .inference import EKF, UKF, GaussHermite, Kalman, MomentMatching
 from .marginal import marginalize
 from .ssm import SSM
 
 __version__ = "0.1.0"
 
-__all__ = ["SSM", "marginalize", "Kalman", "inference", "models", "ModelStructureError", "ObservationShapeError"]
+__all__ = ["SSM", "marginalize", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "inference", "models", "ModelStructureError", "ObservationShapeError"]

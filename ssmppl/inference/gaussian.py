@@ -49,3 +49,38 @@ def gaussian_moments(d):
             cov = W @ jnp.swapaxes(W, -1, -2) + jnp.diag(base.cov_diag)
         return jnp.broadcast_to(base.loc, shape), cov
     raise ModelStructureError(f"{type(d).__name__} is not Gaussian (supported: {GAUSSIAN_TYPES})")
+
+
+def conditional_moments(d):
+    """Flat mean (n,) and covariance (n, n) of any distribution: what moment matching uses.
+
+    Gaussians give their exact moments (``gaussian_moments``). Other families
+    (Poisson, Bernoulli, StudentT, Gamma...) give ``d.mean`` and ``d.variance``,
+    independent components (a batch of scalars) as a diagonal covariance; a
+    multivariate family uses its ``covariance_matrix`` when it has one and its
+    variances otherwise. Raises ``ModelStructureError`` when NumPyro defines no
+    mean or variance for the family.
+    """
+    if is_gaussian(d):
+        return gaussian_moments(d)
+    shape = d.batch_shape + d.event_shape
+    try:
+        mean, var = d.mean, d.variance
+    except NotImplementedError:
+        raise ModelStructureError(
+            f"moment matching needs the conditional mean and variance of the site's distribution, but NumPyro "
+            f"defines none for {type(d).__name__}: use a particle filter for this model"
+        ) from None
+    dtype = jnp.result_type(mean, float)
+    mean = jnp.broadcast_to(mean, shape).reshape(-1).astype(dtype)
+    base = d
+    while isinstance(base, (dist.Independent, dist.ExpandedDistribution)):
+        base = base.base_dist
+    if base.event_shape != () and hasattr(base, "covariance_matrix"):
+        try:
+            cov = jnp.broadcast_to(base.covariance_matrix, shape + shape[-1:])
+            if len(shape) == 1:
+                return mean, cov.astype(dtype)
+        except NotImplementedError:
+            pass
+    return mean, jnp.diag(jnp.broadcast_to(var, shape).reshape(-1).astype(dtype))

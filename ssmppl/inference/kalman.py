@@ -26,8 +26,8 @@ from .linear_gaussian import (
 from .parallel_kalman import parallel_kalman_filter, parallel_rts_smoother
 
 _NONLINEAR_HINT = (
-    "Kalman() is exact only for linear Gaussian models; use a nonlinear filter "
-    "(EKF(), UKF(), or a particle filter from ssmppl.inference) for this model"
+    "Kalman() is exact only for linear Gaussian models; use a nonlinear filter from "
+    "ssmppl.inference (EKF(), UKF() or GaussHermite()) for this model"
 )
 
 
@@ -44,7 +44,9 @@ def _check_affine_gaussian(fn, z, x, site, role):
     if not is_gaussian(d):
         raise ModelStructureError(
             f"the {role} site {site!r} is a {type(d).__name__}, not a Gaussian ({GAUSSIAN_TYPES}). "
-            f"{_NONLINEAR_HINT}: moment matching or a particle filter handles non-Gaussian sites"
+            "Kalman() is exact only for linear Gaussian models; use MomentMatching(rule=UKF()) from "
+            "ssmppl.inference (moment matching with the site's conditional mean and variance) or a "
+            "particle filter for non-Gaussian sites"
         )
     mean = lambda z_: gaussian_moments(fn(z_, x))[0]
     if reads(lambda z_, v: jax.jvp(mean, (z_,), (v,))[1], 0, z, z):

@@ -81,8 +81,8 @@ def masked_emission(y, H, d, R):
 
     Returns (y0, H0, d0, R0, num_observed): missing rows of H and entries of y, d
     are zero, missing rows/columns of R are those of the identity, so a missing
-    component contributes an independent N(0 | 0, 1) term that
-    ``gaussian_update`` removes from the log-likelihood.
+    component contributes an independent N(0 | 0, 1) term (its dummy log-density
+    is left out of the log-likelihood by ``moment_update``).
     """
     observed = ~jnp.isnan(y)
     y0 = jnp.where(observed, y, 0.0)
@@ -101,21 +101,32 @@ def masked_covariance(R, observed):
 def gaussian_update(m, P, y, H, d, R):
     """Condition N(m, P) on y = H z + d + N(0, R), NaN entries of y missing.
 
-    With S = H P H^T + R = L L^T, one triangular solve gives A = L^{-1} H P and
-    w = L^{-1} v (v the innovation); then m + A^T w, P - A^T A and the
-    log-density follow without forming the gain. This is the covariance form
-    (float64 default); the square-root form below is the robust one.
     Returns (filtered mean, filtered covariance, log p(y_observed)).
     """
-    y0, H0, d0, R0, n_obs = masked_emission(y, H, d, R)
-    HP = H0 @ P
-    L = jnp.linalg.cholesky(HP @ H0.T + R0)
-    v = y0 - H0 @ m - d0
-    W = solve_triangular(L, jnp.concatenate([HP, v[:, None]], axis=1), lower=True)
+    HP = H @ P
+    return moment_update(m, P, y, H @ m + d, HP @ H.T + R, HP.T)
+
+
+def moment_update(m, P, y, y_mean, S, C):
+    """Condition N(m, P) on y given the joint Gaussian moments of (z, y).
+
+    ``y_mean`` (dy,) = E[y], ``S`` (dy, dy) = Cov[y], ``C`` (dz, dy) = Cov[z, y]
+    (for y = H z + d + noise: H m + d, H P H^T + R, P H^T; the nonlinear filters
+    pass their approximations). NaN entries of y are missing: their rows are
+    dropped from the conditioning. With S = L L^T, one triangular solve gives
+    A = L^{-1} C^T and w = L^{-1} v (v the innovation); then m + A^T w, P - A^T A
+    and the log-density follow without forming the gain.
+    Returns (conditioned mean, conditioned covariance, log N(y_observed; E[y], S)).
+    """
+    observed = ~jnp.isnan(y)
+    v = jnp.where(observed, y - y_mean, 0.0)
+    C0 = jnp.where(observed[None, :], C, 0.0)
+    L = jnp.linalg.cholesky(masked_covariance(S, observed))
+    W = solve_triangular(L, jnp.concatenate([C0.T, v[:, None]], axis=1), lower=True)
     A, w = W[:, :-1], W[:, -1]
     log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(L)))
-    ll = -0.5 * (w @ w + log_det + n_obs * _LOG_2PI)
-    return m + A.T @ w, P - A.T @ A, ll
+    ll = -0.5 * (w @ w + log_det + jnp.sum(observed) * _LOG_2PI)
+    return m + A.T @ w, _symmetrize(P - A.T @ A), ll
 
 
 def kalman_filter(params: LinearGaussianParams, ys: jax.Array) -> FilterResult:
@@ -135,22 +146,32 @@ def kalman_filter(params: LinearGaussianParams, ys: jax.Array) -> FilterResult:
     return FilterResult.from_steps(lls, mf, Pf, mp, Pp)
 
 
-def _smoother_gain(P_filt, F, P_pred, L_pred=None):
-    """G = P_filt F^T P_pred^{-1}, by triangular solves with a factor of P_pred.
+def smoother_gain(cross, P_pred, L_pred=None):
+    """G = Cov[z_t, z_{t+1} | y_{1:t}] P_pred^{-1}, by triangular solves with a factor of P_pred.
 
-    ``L_pred`` (any lower-triangular L with L L^T = P_pred, e.g. from the
-    square-root filter) avoids re-factorising P_pred.
+    ``cross`` (dz, dz) is P_filt F^T for a linear transition (the nonlinear
+    filters pass their approximation). ``L_pred`` (any lower-triangular L with
+    L L^T = P_pred, e.g. from the square-root filter) avoids re-factorising.
     """
     L = jnp.linalg.cholesky(P_pred) if L_pred is None else L_pred
-    X = solve_triangular(L, F @ P_filt, lower=True)
+    X = solve_triangular(L, cross.T, lower=True)
     return solve_triangular(L, X, lower=True, trans="T").T
 
 
-def _smooth_back(m_f, P_f, F, m_p_next, P_p_next, m_s_next, P_s_next, L_p_next=None):
-    G = _smoother_gain(P_f, F, P_p_next, L_p_next)
+def _smoother_gain(P_filt, F, P_pred, L_pred=None):
+    return smoother_gain(P_filt @ F.T, P_pred, L_pred)
+
+
+def rts_step(m_f, P_f, cross, m_p_next, P_p_next, m_s_next, P_s_next, L_p_next=None):
+    """One backward RTS step: smoothed moments of z_t and Cov[z_t, z_{t+1} | y_{1:T}]."""
+    G = smoother_gain(cross, P_p_next, L_p_next)
     m_s = m_f + G @ (m_s_next - m_p_next)
     P_s = _symmetrize(P_f + G @ (P_s_next - P_p_next) @ G.T)
     return m_s, P_s, G @ P_s_next
+
+
+def _smooth_back(m_f, P_f, F, m_p_next, P_p_next, m_s_next, P_s_next, L_p_next=None):
+    return rts_step(m_f, P_f, P_f @ F.T, m_p_next, P_p_next, m_s_next, P_s_next, L_p_next)
 
 
 def rts_smoother(params: LinearGaussianParams, filtered: FilterResult, predicted_factors=None) -> SmoothResult:
@@ -161,34 +182,46 @@ def rts_smoother(params: LinearGaussianParams, filtered: FilterResult, predicted
     ``predicted_factors`` (T, dz, dz): triangular factors of the predicted
     covariances from ``sqrt_kalman_filter``, used instead of Cholesky factors.
     """
+    F = params.F if time_varying(params).F else params.F[None]
+    previous = jnp.concatenate([params.initial_covariance[None], filtered.filtered_covariances[:-1]])
+    cross = previous @ jnp.swapaxes(F, -1, -2)
+    return rts_smoother_from_cross(filtered, cross, params.initial_mean, params.initial_covariance,
+                                   predicted_factors)
+
+
+def rts_smoother_from_cross(filtered: FilterResult, cross, initial_mean, initial_covariance,
+                            predicted_factors=None) -> SmoothResult:
+    """RTS smoother given the filter's one-step cross-covariances.
+
+    ``cross`` (T, dz, dz): cross[t] = Cov[z_{t-1}, z_t | y_{1:t-1}] for t = 1..T
+    (index 0 pairs z_0 with z_1): P_{t-1|t-1} F_t^T for a linear model, the
+    statistical linearisation's value for the nonlinear filters.
+    """
     Lp = predicted_factors
     T = filtered.filtered_means.shape[0]
 
-    def F_at(t):
-        return params.F[t] if time_varying(params).F else params.F
-
     def step(carry, t):
         m_s_next, P_s_next = carry
-        m_s, P_s, cross = _smooth_back(
+        m_s, P_s, c = rts_step(
             filtered.filtered_means[t],
             filtered.filtered_covariances[t],
-            F_at(t + 1),
+            cross[t + 1],
             filtered.predicted_means[t + 1],
             filtered.predicted_covariances[t + 1],
             m_s_next,
             P_s_next,
             None if Lp is None else Lp[t + 1],
         )
-        return (m_s, P_s), (m_s, P_s, cross)
+        return (m_s, P_s), (m_s, P_s, c)
 
     last = (filtered.filtered_means[-1], filtered.filtered_covariances[-1])
-    (m1, P1), (ms, Ps, cross) = lax.scan(step, last, jnp.arange(T - 1), reverse=True)
+    _, (ms, Ps, cs) = lax.scan(step, last, jnp.arange(T - 1), reverse=True)
     ms = jnp.concatenate([ms, last[0][None]], axis=0)
     Ps = jnp.concatenate([Ps, last[1][None]], axis=0)
-    m0, P0, cross0 = _smooth_back(
-        params.initial_mean,
-        params.initial_covariance,
-        F_at(0),
+    m0, P0, c0 = rts_step(
+        initial_mean,
+        initial_covariance,
+        cross[0],
         filtered.predicted_means[0],
         filtered.predicted_covariances[0],
         ms[0],
@@ -199,15 +232,22 @@ def rts_smoother(params: LinearGaussianParams, filtered: FilterResult, predicted
         **vars(filtered),
         smoothed_means=ms,
         smoothed_covariances=Ps,
-        smoothed_cross_covariances=cross,
+        smoothed_cross_covariances=cs,
         initial_smoothed_mean=m0,
         initial_smoothed_covariance=P0,
-        initial_cross_covariance=cross0,
+        initial_cross_covariance=c0,
     )
 
 
 def backward_sample(params: LinearGaussianParams, filtered: FilterResult, key) -> jax.Array:
-    """One draw of z_{1:T} | y_{1:T} (forward filtering, backward sampling), (T, dz).
+    """One draw of z_{1:T} | y_{1:T} (forward filtering, backward sampling), (T, dz)."""
+    F = params.F[1:] if time_varying(params).F else params.F
+    cross = filtered.filtered_covariances[:-1] @ jnp.swapaxes(F, -1, -2)
+    return backward_sample_from_cross(filtered, cross, key)
+
+
+def backward_sample_from_cross(filtered: FilterResult, cross: jax.Array, key) -> jax.Array:
+    """FFBS draw (T, dz) given ``cross`` (T-1, dz, dz) = Cov[z_t, z_{t+1} | y_{1:t}].
 
     z_T ~ N(m_{T|T}, P_{T|T}), then z_t | z_{t+1}, y_{1:t} ~ N(m_{t|t} + G_t (z_{t+1}
     - m_{t+1|t}), P_{t|t} - G_t P_{t+1|t} G_t^T) with the smoother gain G_t. The
@@ -216,7 +256,6 @@ def backward_sample(params: LinearGaussianParams, filtered: FilterResult, key) -
     """
     T, dz = filtered.filtered_means.shape
     noise = jax.random.normal(key, (T, dz), filtered.filtered_means.dtype)
-    tv_F = time_varying(params).F
 
     def draw(mean, cov, eps):
         return mean + psd_factor(cov) @ eps
@@ -224,7 +263,7 @@ def backward_sample(params: LinearGaussianParams, filtered: FilterResult, key) -
     def step(z_next, t):
         m_f, P_f = filtered.filtered_means[t], filtered.filtered_covariances[t]
         P_p = filtered.predicted_covariances[t + 1]
-        G = _smoother_gain(P_f, params.F[t + 1] if tv_F else params.F, P_p)
+        G = smoother_gain(cross[t], P_p)
         z = draw(m_f + G @ (z_next - filtered.predicted_means[t + 1]), _symmetrize(P_f - G @ P_p @ G.T), noise[t])
         return z, z
 
