@@ -39,8 +39,7 @@ def _affine_parts(fn, z_lin, x):
     return A, b, gaussian_moments(fn(z_lin, x))[1]
 
 
-def _check_affine_gaussian(fn, z, x, site, role):
-    d = fn(z, x)
+def _check_gaussian(d, site, role):
     if not is_gaussian(d):
         raise ModelStructureError(
             f"the {role} site {site!r} is a {type(d).__name__}, not a Gaussian ({GAUSSIAN_TYPES}). "
@@ -48,6 +47,9 @@ def _check_affine_gaussian(fn, z, x, site, role):
             "ssmppl.inference (moment matching with the site's conditional mean and variance) or a "
             "particle filter for non-Gaussian sites"
         )
+
+
+def _check_affine(fn, z, x, site, role):
     mean = lambda z_: gaussian_moments(fn(z_, x))[0]
     if reads(lambda z_, v: jax.jvp(mean, (z_,), (v,))[1], 0, z, z):
         raise ModelStructureError(f"the mean of the {role} site {site!r} is not affine in the state. {_NONLINEAR_HINT}")
@@ -81,8 +83,11 @@ def linear_gaussian_params(problem: StateSpace) -> LinearGaussianParams:
     x0 = problem.xs_example()
     dtype = jnp.result_type(problem.observations, float)
     z0 = jnp.zeros(dz, dtype)
-    _check_affine_gaussian(problem.transition, z0, x0, names.latent, "latent")
-    _check_affine_gaussian(problem.emission, z0, x0, names.obs, "emission")
+    sites = ((problem.transition, names.latent, "latent"), (problem.emission, names.obs, "emission"))
+    for fn, site, role in sites:  # non-Gaussian first: its advice differs
+        _check_gaussian(fn(z0, x0), site, role)
+    for fn, site, role in sites:
+        _check_affine(fn, z0, x0, site, role)
     F, c, Q = _materialise(lambda x: _affine_parts(problem.transition, z0, x), problem.xs, x0)
     H, d, R = _materialise(lambda x: _affine_parts(problem.emission, z0, x), problem.xs, x0)
     if problem.initial is None:

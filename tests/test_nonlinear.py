@@ -1,0 +1,223 @@
+"""The Gaussian-approximation backends (EKF, UKF, GaussHermite, MomentMatching).
+
+Oracles: on linear Gaussian models every rule's moments are exact, so each
+backend must equal the Kalman filter and RTS smoother (themselves checked
+against a brute-force joint Gaussian and statsmodels in test_kalman.py); closed
+forms of the sigma-point rules (polynomial exactness of the unscented and
+Gauss–Hermite rules, the lognormal moments of exp(z)); the eigenvalue-clipped
+repair of an indefinite covariance computed by NumPy.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.contrib.control_flow import scan
+
+from ssmppl import SSM, ModelStructureError
+from ssmppl.inference import EKF, UKF, GaussHermite, Kalman, MomentMatching
+from ssmppl.inference.gaussian_filter import PointRule, Site, TaylorRule, factor_or_repair
+from ssmppl.inference.quadrature import gauss_hermite_points, unscented_points
+from test_kalman import FIELDS, assert_close, tv_case
+
+pytestmark = pytest.mark.usefixtures("x64")
+
+FAST = [EKF(), UKF(), GaussHermite(), MomentMatching()]
+MORE = [EKF(iterations=3), UKF(alpha=1.7, beta=2.0, kappa=1.0), GaussHermite(order=2),
+        MomentMatching(rule=EKF()), MomentMatching(rule=GaussHermite(order=4), log_predictive="gaussian")]
+
+
+@pytest.fixture(scope="module")
+def linear_case(x64_module):
+    rng = np.random.default_rng(3)
+    model, args, kwargs, _ = tv_case(rng, 12, 2, 2)
+    ssm = SSM(model)
+    y = rng.normal(size=(12, 2))
+    y[3, 0] = np.nan
+    y[7] = np.nan
+    reference = ssm.smooth({}, *args, y=y)
+    return ssm, args, y, reference
+
+
+def _check_equal(result, reference, fields=FIELDS, rtol=1e-8):
+    for f in fields:
+        assert_close(getattr(result, f), getattr(reference, f), rtol, f)
+
+
+@pytest.mark.parametrize("method", FAST, ids=repr)
+def test_equals_kalman_on_linear_gaussian_model(linear_case, method):
+    """Filter, smoother (to z_0, with cross-covariances) and log-likelihood, time-varying model, missing data."""
+    ssm, args, y, reference = linear_case
+    _check_equal(ssm.smooth({}, *args, y=y, method=method), reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", FAST + MORE, ids=repr)
+def test_equals_kalman_everywhere_on_linear_model(linear_case, method):
+    """The other settings, the filter entry point, FFBS draws and posterior predictive."""
+    ssm, args, y, reference = linear_case
+    if method not in FAST:
+        _check_equal(ssm.smooth({}, *args, y=y, method=method), reference)
+    filtered = ssm.filter({}, *args, y=y, method=method)
+    _check_equal(filtered, reference, FIELDS[:6])
+    problem = ssm.state_space({}, *args, y=y)
+    key = jax.random.PRNGKey(5)
+    draw = jax.jit(lambda k: method.sample_states(problem, k))(key)
+    exact = jax.jit(lambda k: Kalman().sample_states(problem, k))(key)
+    assert_close(draw, exact, 1e-8, "FFBS draw with the same key")
+    mean, sd = ssm.posterior_predictive({}, *args, y=y, method=method)
+    mean_k, sd_k = ssm.posterior_predictive({}, *args, y=y)
+    assert_close(mean, mean_k, 1e-8, "predictive mean")
+    assert_close(sd, sd_k, 1e-8, "predictive sd")
+
+
+def _nonlinear_model(y=None, T=None, emission="gaussian"):
+    """A small nonlinear model: z_t = 0.9 sin(z_{t-1}) + N(0, 0.3^2), emissions of exp(z)."""
+    z0 = numpyro.sample("z0", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+
+    def step(z_prev, y_t):
+        z = numpyro.sample("z", dist.Normal(0.9 * jnp.sin(z_prev), 0.3).to_event(1))
+        if emission == "gaussian":
+            numpyro.sample("y", dist.Normal(jnp.exp(z), 0.5).to_event(1), obs=y_t)
+        else:
+            numpyro.sample("y", dist.Poisson(3.0 * jnp.exp(z)).to_event(1), obs=y_t)
+        return z, None
+
+    scan(step, z0, y, length=T)
+
+
+def test_forecast_and_time_invariance_equal_kalman(x64):
+    """Forecast moments of a time-invariant linear model equal Kalman's."""
+    from ssmppl.models import linear_gaussian_ssm
+
+    ssm = SSM(linear_gaussian_ssm(2, 1))
+    params = ssm.init_params(jax.random.PRNGKey(0), T=20)
+    _, y = ssm.sample(jax.random.PRNGKey(1), params, T=20)
+    ref = ssm.forecast(params, 4, y)
+    got = ssm.forecast(params, 4, y, method=UKF())
+    for f in ("state_means", "state_covariances", "emission_means", "emission_covariances"):
+        assert_close(getattr(got, f), getattr(ref, f), 1e-8, f)
+
+
+# -- the rules themselves ------------------------------------------------------
+
+
+def test_sigma_point_rules_integrate_polynomials_exactly(x64):
+    """Unscented (alpha=1, kappa=3-n, n=1): exact up to degree 5 in 1-d; Gauss–Hermite order 3:
+    up to degree 5 per coordinate. E[z^4] = 3 s^4 + 6 m^2 s^2 + m^4 for z ~ N(m, s^2)."""
+    m, s2 = 0.7, 1.3
+    z4 = 3 * s2**2 + 6 * m**2 * s2 + m**4
+    for points in (unscented_points(1, 1.0, 0.0, None), gauss_hermite_points(1, 3)):
+        rule = PointRule(points)
+        mean, cov, cross = rule.moments(Site(lambda z: (z**2, jnp.zeros((1, 1)))), jnp.array([m]),
+                                        jnp.array([[s2]]), jnp.array([[np.sqrt(s2)]]))
+        np.testing.assert_allclose(mean, [m**2 + s2], rtol=1e-12)
+        np.testing.assert_allclose(cov, [[z4 - (m**2 + s2) ** 2]], rtol=1e-12)
+        np.testing.assert_allclose(cross, [[2 * m * s2]], rtol=1e-12)  # Cov[z, z^2] = 2 m s^2
+
+
+def test_lognormal_moments_by_gauss_hermite(x64):
+    """exp(z), z ~ N(m, P) in 2-d: E = exp(m + diag(P)/2), Cov_ij = E_i E_j (exp(P_ij) - 1);
+    a 20-point Gauss–Hermite rule reaches them to ~1e-9."""
+    m = jnp.array([0.1, -0.3])
+    P = jnp.array([[0.2, 0.05], [0.05, 0.1]])
+    rule = PointRule(gauss_hermite_points(2, 20))
+    mean, cov, _ = rule.moments(Site(lambda z: (jnp.exp(z), jnp.zeros((2, 2))), False), m, P,
+                                jnp.linalg.cholesky(P))
+    e = np.exp(m + np.diag(P) / 2)
+    np.testing.assert_allclose(mean, e, rtol=1e-10)
+    np.testing.assert_allclose(cov, np.outer(e, e) * (np.exp(P) - 1), rtol=1e-8)
+
+
+def test_taylor_rule_with_state_dependent_noise(x64):
+    """EKF moments of x ~ N(sin z, (0.1 + z^2)) at the mean m: sin m, J P J + 0.1 + m^2, P J."""
+    m, p = 0.4, 0.3
+    mean, cov, cross = TaylorRule().moments(
+        Site(lambda z: (jnp.sin(z), jnp.diag(0.1 + z**2))), jnp.array([m]), jnp.array([[p]]), None)
+    J = np.cos(m)
+    np.testing.assert_allclose([mean[0], cov[0, 0], cross[0, 0]], [np.sin(m), J * p * J + 0.1 + m**2, p * J],
+                               rtol=1e-12)
+
+
+def test_indefinite_covariance_is_repaired_not_nan(x64):
+    """factor_or_repair clips negative eigenvalues (NumPy oracle); a UKF with a negative
+    centre weight whose predicted variance goes negative still returns finite, PSD output."""
+    P = jnp.array([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues 3, -1
+    L, P_rep = factor_or_repair(P)
+    w, V = np.linalg.eigh(np.asarray(P))
+    expected = (V * np.clip(w, 0, None)) @ V.T
+    np.testing.assert_allclose(P_rep, expected, atol=1e-12)
+    np.testing.assert_allclose(L @ L.T, expected, atol=1e-12)
+
+    def model(y=None):
+        def step(z_prev, y_t):
+            z = numpyro.sample("z", dist.Normal(z_prev**2 - 1.0, 0.01).to_event(1))
+            numpyro.sample("y", dist.Normal(z, 1.0).to_event(1), obs=y_t)
+            return z, None
+
+        scan(step, jnp.array([0.5]), y)
+
+    # n = 1, alpha = 1, kappa = -0.5: lambda = -0.5, centre weights -1 (mean and covariance)
+    method = UKF(kappa=-0.5)
+    y = np.full((6, 1), np.nan)
+    y[0] = 0.3
+    result = SSM(model).filter({}, y, method=method)
+    raw = jax.device_get(result.predicted_covariances[:, 0, 0])
+    assert np.all(np.isfinite(raw)) and np.all(np.isfinite(result.filtered_means))
+    assert np.all(np.asarray(result.filtered_covariances) >= 0)
+
+
+# -- errors ----------------------------------------------------------------------
+
+
+def test_errors_name_the_backend_to_use(x64):
+    y = np.ones((5, 1))
+    ssm = SSM(_nonlinear_model)
+    with pytest.raises(ModelStructureError, match="EKF"):
+        ssm.filter({}, y)  # Kalman on a nonlinear mean
+    poisson = SSM(lambda y=None, T=None: _nonlinear_model(y, T, emission="poisson"))
+    for method in (EKF(), UKF(), GaussHermite()):
+        with pytest.raises(ModelStructureError, match="MomentMatching"):
+            poisson.filter({}, y, method=method)
+    with pytest.raises(ModelStructureError, match="MomentMatching"):
+        poisson.filter({}, y)
+
+    def rounded(y=None):
+        def step(z_prev, y_t):
+            z = numpyro.sample("z", dist.Normal(jnp.round(z_prev), 1.0).to_event(1))
+            numpyro.sample("y", dist.Normal(z, 1.0).to_event(1), obs=y_t)
+            return z, None
+
+        scan(step, jnp.zeros(1), y)
+
+    with pytest.raises(ModelStructureError, match="UKF"):
+        SSM(rounded).filter({}, y, method=EKF())
+    assert np.isfinite(SSM(rounded).log_likelihood({}, y, method=UKF()))
+
+    def big(y=None):
+        def step(z_prev, y_t):
+            z = numpyro.sample("z", dist.Normal(jnp.sin(z_prev), 1.0).to_event(1))
+            numpyro.sample("y", dist.Normal(z[:1], 1.0).to_event(1), obs=y_t)
+            return z, None
+
+        scan(step, jnp.zeros(12), y)
+
+    with pytest.raises(ValueError, match="UKF"):
+        SSM(big).filter({}, y, method=GaussHermite(order=3))  # 3^12 points
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError):
+        EKF(iterations=0)
+    with pytest.raises(ValueError):
+        GaussHermite(order=0)
+    with pytest.raises(ValueError):
+        UKF(alpha=0.0)
+    with pytest.raises(TypeError):
+        MomentMatching(rule=Kalman())
+    with pytest.raises(ValueError):
+        MomentMatching(log_predictive="laplace")
+    with pytest.raises(ValueError, match="EKF"):
+        MomentMatching(rule=EKF(), log_predictive="quadrature")
