@@ -79,3 +79,77 @@ def markdown_table(header, rows) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def library_versions(names) -> list:
+    """'name version' for each installed distribution in ``names`` ('name: not installed' otherwise)."""
+    from importlib import metadata
+
+    out = [f"python {platform.python_version()}"]
+    for name in names:
+        try:
+            out.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{name}: not installed")
+    return out
+
+
+def time_interleaved(calls, block, min_time=1.0, max_reps=5, min_reps=2, log=None):
+    """Time zero-argument callables, compilation excluded.
+
+    ``calls``: ``{key: fn}``. Every ``fn`` is first called once untimed-for-the-table
+    (for JAX this traces and compiles; its wall time is kept as ``first``), then the
+    timed calls run round-robin over the keys, so that a change of load on a shared
+    machine hits all of them alike, each until ``min_reps`` calls and then until about
+    ``min_time`` seconds in total or ``max_reps`` calls. ``block(result)`` must wait
+    for the result (``jax.block_until_ready``). A call that raises marks its key
+    failed (``error`` set) and drops it. Returns ``{key: {"first", "result", "times",
+    "median", "min", "error"}}``; ``result`` is the first call's output, for checks.
+    """
+    import statistics
+    import time
+
+    out = {}
+    for key, fn in calls.items():
+        t0 = time.perf_counter()
+        try:
+            result = block(fn())
+        except Exception as e:  # e.g. out of memory: report, go on with the others
+            out[key] = {"first": None, "result": None, "times": [], "median": None, "min": None,
+                        "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+            if log:
+                log(f"    {key}: FAILED ({out[key]['error']})")
+            continue
+        out[key] = {"first": time.perf_counter() - t0, "result": result, "times": [], "error": None}
+        if log:
+            log(f"    {key}: first call {out[key]['first']:.2f} s")
+    active = [k for k in calls if out[k]["error"] is None]
+    while active:
+        for key in active:
+            t0 = time.perf_counter()
+            try:
+                block(calls[key]())
+            except Exception as e:
+                out[key]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                continue
+            out[key]["times"].append(time.perf_counter() - t0)
+        active = [
+            k for k in active
+            if out[k]["error"] is None
+            and not (len(out[k]["times"]) >= min_reps
+                     and (sum(out[k]["times"]) >= min_time or len(out[k]["times"]) >= max_reps))
+        ]
+    for key, r in out.items():
+        r["median"] = statistics.median(r["times"]) if r["times"] else None
+        r["min"] = min(r["times"]) if r["times"] else None
+    return out
+
+
+def write_report(path, text, append=False, previous=None):
+    """Write ``text`` to ``path``; with ``append``, after ``previous`` (the file's content
+    when the run started: pass it so that rewriting a partial report does not repeat it)."""
+    if append and previous is None and os.path.exists(path):
+        with open(path) as f:
+            previous = f.read()
+    with open(path, "w") as f:
+        f.write((previous + "\n" if append and previous else "") + text)
