@@ -14,6 +14,13 @@ from ..errors import ModelStructureError
 GAUSSIAN_TYPES = "Normal (scalar, batched or .to_event), MultivariateNormal, LowRankMultivariateNormal"
 
 
+def family_name(d) -> str:
+    """The distribution family's name, through ``.to_event``/``.expand`` wrappers."""
+    while isinstance(d, (dist.Independent, dist.ExpandedDistribution)):
+        d = d.base_dist
+    return type(d).__name__
+
+
 def is_gaussian(d) -> bool:
     while isinstance(d, (dist.Independent, dist.ExpandedDistribution)):
         d = d.base_dist

@@ -12,7 +12,7 @@ from ..errors import ModelStructureError
 from ..models.dependence import leaves_reading, reads
 from ..models.tracing import StateSpace
 from .base import Backend
-from .gaussian import GAUSSIAN_TYPES, gaussian_moments, is_gaussian
+from .gaussian import GAUSSIAN_TYPES, family_name, gaussian_moments, is_gaussian
 from .linear_gaussian import (
     LinearGaussianParams,
     backward_sample,
@@ -42,7 +42,7 @@ def _affine_parts(fn, z_lin, x):
 def _check_gaussian(d, site, role):
     if not is_gaussian(d):
         raise ModelStructureError(
-            f"the {role} site {site!r} is a {type(d).__name__}, not a Gaussian ({GAUSSIAN_TYPES}). "
+            f"the {role} site {site!r} is a {family_name(d)}, not a Gaussian ({GAUSSIAN_TYPES}). "
             "Kalman() is exact only for linear Gaussian models; use MomentMatching(rule=UKF()) from "
             "ssmppl.inference (moment matching with the site's conditional mean and variance) or a "
             "particle filter for non-Gaussian sites"
@@ -95,7 +95,7 @@ def linear_gaussian_params(problem: StateSpace) -> LinearGaussianParams:
     else:
         if not is_gaussian(problem.initial):
             raise ModelStructureError(
-                f"the initial-state site {names.init!r} is a {type(problem.initial).__name__}, not a Gaussian "
+                f"the initial-state site {names.init!r} is a {family_name(problem.initial)}, not a Gaussian "
                 f"({GAUSSIAN_TYPES}). {_NONLINEAR_HINT}"
             )
         m0, P0 = gaussian_moments(problem.initial)

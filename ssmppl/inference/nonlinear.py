@@ -27,7 +27,7 @@ from ..errors import ModelStructureError
 from ..models.dependence import reads
 from ..models.tracing import StateSpace
 from .base import Backend
-from .gaussian import GAUSSIAN_TYPES, conditional_moments, gaussian_moments, is_gaussian
+from .gaussian import GAUSSIAN_TYPES, family_name, conditional_moments, gaussian_moments, is_gaussian
 from .gaussian_filter import (
     GaussianModel,
     PointRule,
@@ -52,7 +52,7 @@ def _check_gaussian(d, site, role, backend):
     if not is_gaussian(d):
         raise ModelStructureError(
             f"{backend}() needs Gaussian sites ({GAUSSIAN_TYPES}), but the {role} site {site!r} is a "
-            f"{type(d).__name__}: {_NON_GAUSSIAN_HINT}"
+            f"{family_name(d)}: {_NON_GAUSSIAN_HINT}"
         )
 
 
