@@ -92,7 +92,7 @@ def test_nonlinear_filters_in_float32(method):
     ssm = ssmppl.SSM(model)
     assert not jax.config.jax_enable_x64
     _, y = ssm.sample(jax.random.PRNGKey(0), {}, T=2000)
-    y = np.asarray(y, np.float32)
+    y = np.asarray(y, np.float32).reshape(-1)  # the models take scalar observations (T,)
     r32 = ssm.smooth({}, y, method=backend)
     assert_no_nan(r32)
     jax.config.update("jax_enable_x64", True)
