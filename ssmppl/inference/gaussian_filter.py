@@ -120,9 +120,11 @@ class PointRule:
             noise = site.moments(m)[1]
         mean = wm @ means
         dev = means - mean
-        cov = (dev.T * wc) @ dev + noise
+        cov = _symmetrize((dev.T * wc) @ dev + noise)
         cross = ((pts - m).T * wc) @ dev
-        return mean, _symmetrize(cov), cross
+        if not self.points.nonnegative:  # a negative weight can make cov indefinite
+            cov = factor_or_repair(cov)[1]
+        return mean, cov, cross
 
 
 class GaussianModel(NamedTuple):
@@ -159,12 +161,15 @@ def gaussian_filter(model: GaussianModel, rule, iterations: int = 1, nominal=Non
         y, xs_t, lin_t = inputs
         m_p, P_p, cross = rule.moments(model.transition(xs_t), m, P, L, None if lin_t is None else lin_t[0])
         L_p, P_p = rule.factor(P_p)
-        at = None if lin_t is None else lin_t[1]
         emission = model.emission(xs_t)
-        for _ in range(iterations):
+
+        def update(at):
             y_mean, S, C = rule.moments(emission, m_p, P_p, L_p, at)
-            m_f, P_f, ll = moment_update(m_p, P_p, y, y_mean, S, C)
-            at = m_f
+            return moment_update(m_p, P_p, y, y_mean, S, C)
+
+        m_f, P_f, ll = update(None if lin_t is None else lin_t[1])
+        if iterations > 1:  # relinearise at the new mean (Taylor rule only)
+            m_f, P_f, ll = lax.fori_loop(0, iterations - 1, lambda i, state: update(state[0]), (m_f, P_f, ll))
         if quadrature_log_predictive:
             log_p = jax.vmap(lambda z: model.emission_log_prob(z, xs_t, y))(rule.at(m_p, L_p))
             ll = jax.nn.logsumexp(log_p, b=jnp.asarray(rule.points.mean_weights, log_p.dtype))
@@ -183,11 +188,13 @@ def gaussian_smoother(model: GaussianModel, rule, iterations: int = 1, quadratur
     returned filter fields are those of the last pass."""
     filtered, cross = gaussian_filter(model, rule, iterations, None, quadrature_log_predictive)
     smoothed = rts_smoother_from_cross(filtered, cross, model.initial_mean, model.initial_covariance)
-    for _ in range(iterations - 1):
+
+    def gauss_newton_pass(i, smoothed):
         nominal = jnp.concatenate([smoothed.initial_smoothed_mean[None], smoothed.smoothed_means])
         filtered, cross = gaussian_filter(model, rule, 1, nominal, quadrature_log_predictive)
-        smoothed = rts_smoother_from_cross(filtered, cross, model.initial_mean, model.initial_covariance)
-    return smoothed
+        return rts_smoother_from_cross(filtered, cross, model.initial_mean, model.initial_covariance)
+
+    return lax.fori_loop(0, iterations - 1, gauss_newton_pass, smoothed) if iterations > 1 else smoothed
 
 
 def gaussian_sample_states(model: GaussianModel, rule, key, iterations: int = 1):
