@@ -104,7 +104,9 @@ def time_interleaved(calls, block, min_time=1.0, max_reps=5, min_reps=2, log=Non
     ``min_time`` seconds in total or ``max_reps`` calls. ``block(result)`` must wait
     for the result (``jax.block_until_ready``). A call that raises marks its key
     failed (``error`` set) and drops it. Returns ``{key: {"first", "result", "times",
-    "median", "min", "error"}}``; ``result`` is the first call's output, for checks.
+    "median", "min", "cpu_times", "cpu_median", "error"}}``; ``result`` is the first
+    call's output, for checks; ``cpu_times`` are the process's CPU seconds per timed
+    call, which other processes on a shared core stretch less than wall time.
     """
     import statistics
     import time
@@ -115,24 +117,25 @@ def time_interleaved(calls, block, min_time=1.0, max_reps=5, min_reps=2, log=Non
         try:
             result = block(fn())
         except Exception as e:  # e.g. out of memory: report, go on with the others
-            out[key] = {"first": None, "result": None, "times": [], "median": None, "min": None,
-                        "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+            out[key] = {"first": None, "result": None, "times": [], "median": None, "min": None, "cpu_times": [],
+                        "cpu_median": None, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
             if log:
                 log(f"    {key}: FAILED ({out[key]['error']})")
             continue
-        out[key] = {"first": time.perf_counter() - t0, "result": result, "times": [], "error": None}
+        out[key] = {"first": time.perf_counter() - t0, "result": result, "times": [], "cpu_times": [], "error": None}
         if log:
             log(f"    {key}: first call {out[key]['first']:.2f} s")
     active = [k for k in calls if out[k]["error"] is None]
     while active:
         for key in active:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 block(calls[key]())
             except Exception as e:
                 out[key]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                 continue
             out[key]["times"].append(time.perf_counter() - t0)
+            out[key]["cpu_times"].append(time.process_time() - c0)
         active = [
             k for k in active
             if out[k]["error"] is None
@@ -142,6 +145,8 @@ def time_interleaved(calls, block, min_time=1.0, max_reps=5, min_reps=2, log=Non
     for key, r in out.items():
         r["median"] = statistics.median(r["times"]) if r["times"] else None
         r["min"] = min(r["times"]) if r["times"] else None
+        if "cpu_times" in r:
+            r["cpu_median"] = statistics.median(r["cpu_times"]) if r["cpu_times"] else None
     return out
 
 
