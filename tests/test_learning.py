@@ -133,7 +133,10 @@ def test_em_with_missing_data_and_inputs_climbs_to_a_stationary_point(x64, num_i
 def test_sgd_reaches_em_optimum(x64, seed003, em_fit):
     ssm, _, ys, init = seed003
     _, lls = em_fit
-    params, losses = ssm.fit_sgd(init, ys, optimizer=optax.adam(1e-1), num_epochs=1000, progress_bar=False)
+    # A decaying step: at a constant 0.1 Adam ends up oscillating by ~2 nats around the optimum,
+    # where the last iterate depends on rounding (a change of summation order moved it by 1.6).
+    schedule = optax.cosine_decay_schedule(1e-1, 1000)
+    params, losses = ssm.fit_sgd(init, ys, optimizer=optax.adam(schedule), num_epochs=1000, progress_bar=False)
     assert losses.shape == (1000,)
     final = float(ssm.log_likelihood(params, ys))
     assert float(-losses[-1] * ys.size) == pytest.approx(final, abs=1.0)  # loss is per observed scalar

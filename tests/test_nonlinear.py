@@ -276,3 +276,21 @@ def test_iterated_ekf_update_is_the_posterior_mode(x64):
     neg = lambda z: -(multivariate_normal(m_p, P_p).logpdf(z) + norm(np.sin(z[0]), r).logpdf(y[0]))
     mode = minimize(neg, m_p, method="Nelder-Mead", options={"xatol": 1e-11, "fatol": 1e-14, "maxiter": 20_000}).x
     np.testing.assert_allclose(result.filtered_means[0], mode, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_fit_em_through_ukf_equals_kalman_on_linear_model(x64):
+    """EM's E-step uses the backend's smoother (marginals and cross-covariances): on a linear
+    Gaussian model, 5 EM iterations through UKF() and GaussHermite() give Kalman()'s iterates."""
+    from ssmppl.models import linear_gaussian_ssm
+
+    ssm = SSM(linear_gaussian_ssm(2, 2))
+    params = ssm.init_params(jax.random.PRNGKey(0), T=30)
+    _, y = ssm.sample(jax.random.PRNGKey(1), params, T=30)
+    start = {**params, "F": 0.5 * jnp.eye(2), "Q": 0.3 * jnp.eye(2)}
+    reference = ssm.fit_em(start, y, num_iters=5, progress_bar=False)
+    for method in (UKF(), GaussHermite(order=2)):
+        fitted = ssm.fit_em(start, y, num_iters=5, method=method, progress_bar=False)
+        for name in ("F", "Q", "H", "R"):
+            assert_close(fitted[0][name], reference[0][name], 1e-8, name)
+        assert_close(fitted[1], reference[1], 1e-8, "log-likelihoods")
