@@ -88,7 +88,8 @@ def _nonlinear_model(y=None, T=None, emission="gaussian"):
     scan(step, z0, y, length=T)
 
 
-def test_forecast_and_time_invariance_equal_kalman(x64):
+@pytest.mark.slow
+def test_forecast_equals_kalman(x64):
     """Forecast moments of a time-invariant linear model equal Kalman's."""
     from ssmppl.models import linear_gaussian_ssm
 
