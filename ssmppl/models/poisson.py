@@ -22,7 +22,9 @@ def poisson_ar1(mu: float = 0.0, phi: float = 0.9, sigma: float = 0.3, priors: O
         z_t ~ N(mu + phi (z_{t-1} - mu), sigma^2)
         y_t ~ Poisson(exp(z_t))
 
-    as ``model(y=None, T=None)`` with counts ``y`` (T,) (floats; NaN = missing).
+    as ``model(y=None, T=None)`` with counts ``y`` (T,) (floats; NaN = missing;
+    ``ssm.sample`` returns integer counts: cast them to float before marking
+    entries missing).
     Sites in the scan: ``z`` (the log-rate, a scalar) and ``y``; ``z0`` is the
     initial state. The emission is not Gaussian: filter with
     ``MomentMatching(...)`` (E[y|z] = Var[y|z] = exp(z)).

@@ -31,8 +31,11 @@ def stochastic_volatility(mu: float = 2 * math.log(0.5992), rho: float = 0.9702,
     the usual set-up for daily GBP/USD log-returns in percent (``100 * diff(log(rate))``,
     e.g. the 1997-98 series in ``../shared/data/``). Sites in
     the scan: ``x`` (the log-variance, a scalar) and ``y``; ``x0`` is the initial
-    state. The emission mean does not depend on the state (its variance does): use
-    ``MomentMatching(...)``, not ``EKF()``.
+    state. The emission mean does not depend on the state (its variance does), so
+    Cov(x_t, y_t | y_{1:t-1}) = 0 and the Gaussian-approximation backends (EKF, UKF,
+    MomentMatching) learn nothing about x_t from y_t: their filtered means stay at
+    the prior's. Use a sampling backend, or ``sample_posterior(..., method=None)``
+    (joint NUTS over the parameters and the path).
 
     Global sites ``mu`` (real), ``rho`` (in (-1, 1)) and ``sigma`` (positive) are
     ``numpyro.param`` with the keyword values as initial values;
