@@ -9,8 +9,9 @@ import pytest
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
-# The Bayesian notebook compiles seven samplers (~3 min on one core): it runs in the slow set.
-HEAVY = {"03_bayesian_ssm.ipynb"}
+# The Bayesian notebook compiles seven samplers (~3 min on one core), the nonlinear-filter notebook
+# a dozen filters, smoothers and an SGD fit (~1.5 min): they run in the slow set.
+HEAVY = {"03_bayesian_ssm.ipynb", "04_nonlinear_filters.ipynb"}
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.name in HEAVY else p for p in NOTEBOOKS],
@@ -65,3 +66,29 @@ def test_notebook_runs(path):
             for p in ("log_sigma2_obs", "log_sigma2_level"):
                 assert abs(comp.loc[row, f"{p} mean"] - ref[f"{p} mean"]) < 0.5 * ref[f"{p} sd"], (row, p)
         assert comp.loc["NUTS (blackjax), Kalman-marginal", "max r_hat"] < 1.01
+    # the nonlinear-filter notebook: every backend tracks the pendulum, the approximate likelihoods
+    # agree, moment matching's quadrature log-likelihood is near the exact one, the fit finds phi
+    if path.name == "04_nonlinear_filters.ipynb":
+        import numpy as np
+
+        ns = namespace
+        pend = ns["pend_table"]
+        assert list(pend.index) == ["EKF", "EKF (3 iterations)", "UKF", "Gauss-Hermite (order 3)"]
+        # smoothed angle error well below the observation noise r = 0.3, and below the filter's
+        assert (pend["RMSE smoothed angle"] < 0.1).all()
+        assert (pend["RMSE smoothed angle"] < pend["RMSE filtered angle"]).all()
+        # reported smoothed sd of the right order (within a factor 3 of the actual error)
+        ratio = pend["mean smoothed sd of angle"] / pend["RMSE smoothed angle"]
+        assert ((ratio > 1 / 3) & (ratio < 3)).all()
+        ll = pend["log-likelihood"]
+        assert abs(ll["UKF"] - ll["Gauss-Hermite (order 3)"]) < 0.1
+        assert (abs(ll - ll["Gauss-Hermite (order 3)"]) < 5).all()
+        pois = ns["pois_table"]  # error of the log-likelihood against the exact grid filter, in nats
+        assert abs(pois.loc["MomentMatching(UKF)", "error vs exact"]) < 3
+        assert abs(pois.loc["MomentMatching(GaussHermite(5))", "error vs exact"]) < 3
+        assert abs(pois.loc["MomentMatching(UKF), gaussian log-pred.", "error vs exact"]) > 10
+        prior_sd = ns["pois_params"]["sigma"] / np.sqrt(1 - ns["pois_params"]["phi"] ** 2)  # stationary sd of z_t
+        assert (pois["RMSE smoothed log-rate"].dropna() < 0.6 * prior_sd).all()
+        losses = np.asarray(ns["losses"])
+        assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+        assert abs(float(ns["fitted"]["phi"]) - ns["exact_mle"]) < 0.05
