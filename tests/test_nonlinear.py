@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("x64")
 
 FAST = [EKF(), UKF(), GaussHermite(), MomentMatching()]
 MORE = [EKF(iterations=3), UKF(alpha=1.7, beta=2.0, kappa=1.0), GaussHermite(order=2),
-        MomentMatching(rule=EKF()), MomentMatching(rule=GaussHermite(order=4), log_predictive="gaussian")]
+        MomentMatching(rule=EKF()), MomentMatching(rule=GaussHermite(order=4), predictive="gaussian")]
 
 
 @pytest.fixture(scope="module")
@@ -219,9 +219,9 @@ def test_bad_settings_are_refused():
     with pytest.raises(TypeError):
         MomentMatching(rule=Kalman())
     with pytest.raises(ValueError):
-        MomentMatching(log_predictive="laplace")
+        MomentMatching(predictive="laplace")
     with pytest.raises(ValueError, match="EKF"):
-        MomentMatching(rule=EKF(), log_predictive="quadrature")
+        MomentMatching(rule=EKF(), predictive="quadrature")
 
 
 # -- the iterated EKF: Gauss–Newton to the mode ---------------------------------------
@@ -295,3 +295,22 @@ def test_fit_em_through_ukf_equals_kalman_on_linear_model(x64):
         for name in ("F", "Q", "H", "R"):
             assert_close(fitted[0][name], reference[0][name], 1e-8, name)
         assert_close(fitted[1], reference[1], 1e-8, "log-likelihoods")
+
+
+def test_moment_matching_marginalises_with_exact_zero_for_missing_steps(x64):
+    """``marginalize(model, MomentMatching())`` adds the filter's log-likelihood as the model's
+    density (NumPyro's log_density of the marginal model equals ``ssm.log_likelihood``), and a
+    missing count contributes exactly 0 to the quadrature log predictive."""
+    from numpyro.infer.util import log_density
+
+    from ssmppl import marginalize
+    from ssmppl.models import poisson_ar1
+
+    model = poisson_ar1(mu=1.0, phi=0.8, sigma=0.4)
+    y = np.array([2.0, 0.0, np.nan, 5.0, 3.0, np.nan, 1.0])
+    ssm = SSM(model)
+    method = MomentMatching()
+    filtered = ssm.filter({}, y, method=method)
+    assert np.all(np.asarray(filtered.log_predictive)[np.isnan(y)] == 0.0)
+    density, _ = log_density(marginalize(model, method), (y,), {}, {})
+    np.testing.assert_allclose(density, filtered.marginal_loglik, rtol=1e-12)

@@ -247,7 +247,7 @@ _RULES = {
 def _cmgf_runs(case, rule_name, as_shipped=False):
     ssm, params, y, parts = _case(case)
     rule, integrals = _RULES[rule_name]
-    ours = ssm.smooth(params, y, method=MomentMatching(rule=rule, log_predictive="gaussian"))
+    ours = ssm.smooth(params, y, method=MomentMatching(rule=rule, predictive="gaussian"))
     dparams = ParamsGGSSM(initial_mean=ours.predicted_means[0], initial_covariance=ours.predicted_covariances[0],
                           dynamics_function=parts["f"], dynamics_covariance=parts["Q"],
                           emission_mean_function=jnp.exp, emission_cov_function=lambda z: jnp.diag(jnp.exp(z)))

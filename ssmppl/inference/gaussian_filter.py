@@ -173,6 +173,7 @@ def gaussian_filter(model: GaussianModel, rule, iterations: int = 1, nominal=Non
         if quadrature_log_predictive:
             log_p = jax.vmap(lambda z: model.emission_log_prob(z, xs_t, y))(rule.at(m_p, L_p))
             ll = jax.nn.logsumexp(log_p, b=jnp.asarray(rule.points.mean_weights, log_p.dtype))
+            ll = jnp.where(jnp.all(jnp.isnan(y)), 0.0, ll)  # exactly 0, not log(sum of weights)
         L_f, P_f = rule.factor(P_f)
         return (m_f, P_f, L_f), (m_f, P_f, m_p, P_p, cross, ll)
 

@@ -239,7 +239,7 @@ class GaussHermite(_GaussianApproximation):
         return PointRule(gauss_hermite_points(n, self.order))
 
 
-_LOG_PREDICTIVE = (None, "gaussian", "quadrature")
+_PREDICTIVE = (None, "gaussian", "quadrature")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +255,7 @@ class MomentMatching(_GaussianApproximation):
 
     rule: EKF(), UKF(...) or GaussHermite(...): how the Gaussian expectations
     are computed.
-    log_predictive: how log p(y_t | y_{1:t-1}) is approximated for a
+    predictive: how log p(y_t | y_{1:t-1}) is approximated for a
     non-Gaussian emission. "quadrature": log sum_i w_i p(y_t | z_i) over the
     rule's points of the predicted Gaussian of z_t (a proper density or
     probability mass for y_t; needs non-negative weights). "gaussian":
@@ -266,16 +266,16 @@ class MomentMatching(_GaussianApproximation):
     """
 
     rule: _GaussianApproximation = UKF()
-    log_predictive: Optional[str] = None
+    predictive: Optional[str] = None  # not `log_predictive`: that is the Backend method
 
     def __post_init__(self):
         if not isinstance(self.rule, (EKF, UKF, GaussHermite)):
             raise TypeError(f"MomentMatching(rule=...) must be EKF(), UKF() or GaussHermite(), got {self.rule!r}")
-        if self.log_predictive not in _LOG_PREDICTIVE:
-            raise ValueError(f"log_predictive must be one of {_LOG_PREDICTIVE}, got {self.log_predictive!r}")
-        if self.log_predictive == "quadrature" and isinstance(self.rule, EKF):
-            raise ValueError("log_predictive='quadrature' needs a sigma-point rule (UKF() or GaussHermite()); "
-                             "EKF() has no points: use log_predictive='gaussian'")
+        if self.predictive not in _PREDICTIVE:
+            raise ValueError(f"MomentMatching(predictive=...) must be one of {_PREDICTIVE}, got {self.predictive!r}")
+        if self.predictive == "quadrature" and isinstance(self.rule, EKF):
+            raise ValueError("predictive='quadrature' needs a sigma-point rule (UKF() or GaussHermite()); "
+                             "EKF() has no points: use predictive='gaussian'")
 
     @property
     def _iterations(self):
@@ -292,16 +292,16 @@ class MomentMatching(_GaussianApproximation):
             _check_differentiable(mean_fn, z, site, role)
 
     def _quadrature(self, problem, rule):
-        if self.log_predictive == "gaussian" or isinstance(self.rule, EKF):
+        if self.predictive == "gaussian" or isinstance(self.rule, EKF):
             return False
         x0 = problem.xs_example()
         if is_gaussian(problem.emission(jnp.zeros(problem.state_dim, problem.observations.dtype), x0)):
             return False
         if not rule.points.nonnegative:
-            if self.log_predictive == "quadrature":
+            if self.predictive == "quadrature":
                 raise ValueError(
-                    f"log_predictive='quadrature' needs non-negative weights, but {self.rule} has a negative one "
-                    "for this state dimension: use GaussHermite(), UKF(kappa=0), or log_predictive='gaussian'"
+                    f"predictive='quadrature' needs non-negative weights, but {self.rule} has a negative one "
+                    "for this state dimension: use GaussHermite(), UKF(kappa=0), or predictive='gaussian'"
                 )
             return False
         return True
