@@ -10,8 +10,10 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.
 
 
 # The Bayesian notebook compiles seven samplers (~3 min on one core), the nonlinear-filter notebook
-# a dozen filters, smoothers and an SGD fit (~1.5 min): they run in the slow set.
-HEAVY = {"03_bayesian_ssm.ipynb", "04_nonlinear_filters.ipynb"}
+# a dozen filters, smoothers and an SGD fit (~1.5 min), the EM/SGD notebook a dozen fits (~1 min,
+# each fit also tested in test_learning.py): they run in the slow set, to keep the default run
+# within its 15 minutes.
+HEAVY = {"02_em_and_sgd.ipynb", "03_bayesian_ssm.ipynb", "04_nonlinear_filters.ipynb"}
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.name in HEAVY else p for p in NOTEBOOKS],
