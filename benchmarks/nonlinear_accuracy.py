@@ -96,6 +96,23 @@ def pendulum_backends():
     }
 
 
+_SSMS = {}
+
+
+def _ssm(model, regime):
+    """One SSM per (model, regime), so that jit caches are reused across data sets."""
+    import ssmppl
+    from ssmppl.models import pendulum, poisson_ar1
+
+    key = (model, regime)
+    if key not in _SSMS:
+        if model == "poisson":
+            _SSMS[key] = ssmppl.SSM(poisson_ar1(**POISSON_REGIMES[regime]))
+        else:
+            _SSMS[key] = ssmppl.SSM(pendulum(**PENDULUM_REGIMES[regime]))
+    return _SSMS[key]
+
+
 def _run_backends(ssm, params, y, backends, log):
     """{name: (filtered means (T, dz), smoothed means (T, dz), log-likelihood)} or an error string."""
     import numpy as np
@@ -118,9 +135,6 @@ def poisson_case(regime, seed, T, grid=2000, log=print):
     import numpy as np
     from reference_posteriors import PoissonAR1, rmse
 
-    import ssmppl
-    from ssmppl.models import poisson_ar1
-
     p = POISSON_REGIMES[regime]
     truth = PoissonAR1(**p)
     z, y = truth.simulate(jax.random.PRNGKey(seed), T)
@@ -128,7 +142,7 @@ def poisson_case(regime, seed, T, grid=2000, log=print):
     coarse = truth.grid_reference(y, num_points=grid // 2)
     ref_err_f = float(rmse(ref["filtered_means"], coarse["filtered_means"]))
     ref_err_s = float(rmse(ref["smoothed_means"], coarse["smoothed_means"]))
-    ssm = ssmppl.SSM(poisson_ar1(**p))
+    ssm = _ssm("poisson", regime)
     params = {k: jnp.asarray(v) for k, v in p.items()}
     results = _run_backends(ssm, params, jnp.asarray(y), poisson_backends(), log)
     metrics = {}
@@ -157,9 +171,6 @@ def pendulum_case(regime, seed, T, pf_particles, replicates, ffbsi_particles, ff
     import numpy as np
     from reference_posteriors import Pendulum, replicated_reference, rmse
 
-    import ssmppl
-    from ssmppl.models import pendulum
-
     p = PENDULUM_REGIMES[regime]
     truth = Pendulum(**p)
     x, y = truth.simulate(jax.random.PRNGKey(seed), T)
@@ -170,7 +181,7 @@ def pendulum_case(regime, seed, T, pf_particles, replicates, ffbsi_particles, ff
                                smoother_particles=ffbsi_particles, num_paths=ffbsi_paths)
     log(f"      reference: {time.perf_counter() - t0:.1f} s (FFBSi: {ref['wide_windows']} wide windows, "
         f"{ref['fallback_draws']} full-weight draws, {ref['approximate_draws']} approximate draws)")
-    ssm = ssmppl.SSM(pendulum(**p))
+    ssm = _ssm("pendulum", regime)
     results = _run_backends(ssm, {}, jnp.asarray(y[:, 0]), pendulum_backends(), log)
     metrics = {}
     for name, r in results.items():
