@@ -22,8 +22,6 @@ those tests are slow and share their compiled work through module-scoped fixture
 the default suite runs one quick check (the Poisson likelihood profile).
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +32,7 @@ from numpyro.diagnostics import split_gelman_rubin
 from scipy import optimize, special, stats
 
 from ssmppl import SSM
-from ssmppl.inference import UKF, Backend, GaussHermite, MomentMatching
+from ssmppl.inference import UKF, GaussHermite, MomentMatching
 from ssmppl.models import pendulum, poisson_ar1
 
 pytestmark = pytest.mark.usefixtures("x64_module")
@@ -47,26 +45,6 @@ POISSON_TRUTH = {"mu": 1.0, "phi": 0.85, "sigma": 0.4}
 POISSON_T = 300
 PHI_GRID = np.linspace(0.6, 0.98, 77)  # step 0.005; the posterior (sd ~0.035) sits well inside
 R_GRID = np.linspace(0.2, 0.45, 101)
-
-
-@dataclasses.dataclass(frozen=True)
-class _FilterLogPredictive(Backend):
-    """Delegates to ``inner``; exists only so that ``Backend.log_predictive`` (a method)
-    is reachable. Work-around: ``MomentMatching``'s dataclass field ``log_predictive``
-    (a string option) shadows that method, so ``marginalize`` / ``sample_posterior``
-    call the string (TypeError: 'NoneType' object is not callable)."""
-
-    inner: Backend = MomentMatching(rule=UKF())
-
-    def filter(self, problem, key=None):
-        return self.inner.filter(problem, key)
-
-    def log_likelihood(self, problem, key=None):
-        return self.inner.log_likelihood(problem, key)
-
-
-def _for_sampling(method):
-    return method if callable(getattr(method, "log_predictive", None)) else _FilterLogPredictive(method)
 
 
 # -- data -----------------------------------------------------------------------------
@@ -194,9 +172,8 @@ def poisson_sgd(poisson_data):
 @pytest.fixture(scope="module")
 def poisson_posterior(poisson_data):
     model = poisson_ar1(mu=POISSON_TRUTH["mu"], sigma=POISSON_TRUTH["sigma"], priors={"phi": dist.Uniform(-1.0, 1.0)})
-    method = _for_sampling(MomentMatching(rule=UKF()))
-    return SSM(model).sample_posterior(jax.random.PRNGKey(1), poisson_data, method=method, num_warmup=400,
-                                       num_samples=400, num_chains=2, progress_bar=False)
+    return SSM(model).sample_posterior(jax.random.PRNGKey(1), poisson_data, method=MomentMatching(rule=UKF()),
+                                       num_warmup=400, num_samples=400, num_chains=2, progress_bar=False)
 
 
 @pytest.mark.slow
