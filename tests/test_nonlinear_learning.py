@@ -1,7 +1,8 @@
 """Learning through an approximate filter: the pendulum's observation noise r and the
 Poisson AR(1) model's coefficient phi, recovered from simulated data by ``fit_sgd``
 (maximum likelihood through the filter's likelihood) and by ``sample_posterior``
-(NUTS on the model marginalised by the UKF / moment-matching UKF).
+(NUTS on the model marginalised by the UKF / moment-matching UKF), and by ``fit_em``
+through the corresponding smoothers.
 
 Oracles, independent of the code under test:
 - the simulation's true parameter, which must lie within 4 posterior standard
