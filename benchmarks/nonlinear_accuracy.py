@@ -288,12 +288,31 @@ def format_table(rows, markdown=False):
     return (markdown_table if markdown else text_table)(header, body)
 
 
+def format_cases(cases, markdown=False):
+    """One row per (model, regime, data set): each backend's filtered | smoothed RMSE vs the reference."""
+    names = []
+    for c in cases:
+        names += [n for n in c["metrics"] if n not in names]
+    header = ["model", "regime", "seed"] + names + ["reference error"]
+    body = []
+    for c in cases:
+        cells = [c["model"], c["regime"], str(c["seed"])]
+        for n in names:
+            m = c["metrics"].get(n, {"error": "n/a"})
+            cells.append("failed" if "error" in m else f"{_fmt(m['filtered_rmse'])} ; {_fmt(m['smoothed_rmse'])}")
+        ref = c["reference"]
+        cells.append(f"{_fmt(ref['filtered_mc_error'])} ; {_fmt(ref['smoothed_mc_error'])}")
+        body.append(cells)
+    return (markdown_table if markdown else text_table)(header, body)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["poisson", "pendulum"], choices=["poisson", "pendulum"])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--datasets", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the markdown report here")
+    ap.add_argument("--json", default=None, help="also write the rows and per-data-set results as JSON here")
     args = ap.parse_args(argv)
     overrides = {"datasets": args.datasets} if args.datasets else {}
     t0 = time.perf_counter()
@@ -301,6 +320,12 @@ def main(argv=None):
                                  **overrides)
     cfg = {**(QUICK if args.quick else FULL), **overrides}
     print(format_table(rows))
+    print(format_cases(cases))
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(dict(config=cfg, rows=rows, cases=cases), f, indent=1)
     if args.out:
         lines = [
             "# Accuracy of the Gaussian filters and smoothers against reference posteriors",
@@ -319,6 +344,10 @@ def main(argv=None):
             "exact one (Poisson) or the particle filters' average log estimate (pendulum).",
             "",
             format_table(rows, markdown=True),
+            "",
+            "Per data set (RMSE vs the reference, filtered ; smoothed; pendulum: angle / velocity):",
+            "",
+            format_cases(cases, markdown=True),
             "",
         ]
         write_report(args.out, "\n".join(lines))
