@@ -132,7 +132,6 @@ def poisson_case(regime, seed, T, grid=2000, log=print):
     """One Poisson data set: reference and backend means. Returns a dict of per-backend metrics."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from reference_posteriors import PoissonAR1, rmse
 
     p = POISSON_REGIMES[regime]

@@ -40,8 +40,6 @@ from ssmppl.models import pendulum, poisson_ar1
 from reference_posteriors import (
     Pendulum,
     PoissonAR1,
-    bootstrap_particle_filter,
-    ffbsi_smoother,
     gaussian_log_transition,
     grid_filter_smoother_1d,
     replicated_reference,
