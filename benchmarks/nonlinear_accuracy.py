@@ -288,7 +288,11 @@ def format_table(rows, markdown=False):
 
 
 def format_cases(cases, markdown=False):
-    """One row per (model, regime, data set): each backend's filtered | smoothed RMSE vs the reference."""
+    """One table per model, one row per (regime, data set): each backend's filtered ; smoothed RMSE vs the
+    reference."""
+    models = list(dict.fromkeys(c["model"] for c in cases))
+    if len(models) > 1:
+        return "\n\n".join(format_cases([c for c in cases if c["model"] == m], markdown) for m in models)
     names = []
     for c in cases:
         names += [n for n in c["metrics"] if n not in names]
