@@ -653,7 +653,7 @@ def main():
             f"- device: {device}",
             "- versions: " + ", ".join(versions),
             f"- XLA_FLAGS: `{xla_flags}`",
-            f"- 1-min load average sampled before each size: "
+            "- 1-min load average sampled before each size: "
             + ", ".join(f"{x:.2f}" for x in loads)
             + f" (machine-wide, {os.cpu_count()} cores, this benchmark itself using {len(CPUS_USED)}: a load above "
             f"~{os.cpu_count()} means other processes competed for the cores); total {elapsed:.0f} s",

@@ -5,7 +5,6 @@ state-space Kalman filter/smoother. Models are ordinary NumPyro scan programs
 with biases, inputs, time-varying matrices through ``xs`` and missing data.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
