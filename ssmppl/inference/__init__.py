@@ -3,7 +3,8 @@
 from .base import Backend
 from .kalman import Kalman, linear_gaussian_params
 from .nonlinear import EKF, UKF, GaussHermite, MomentMatching
+from .particle import BootstrapPF, ParticleFilterResult
 from .results import FilterResult, Forecast, SmoothResult
 
-__all__ = ["Backend", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "linear_gaussian_params",
-           "FilterResult", "SmoothResult", "Forecast"]
+__all__ = ["Backend", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "BootstrapPF", "linear_gaussian_params",
+           "FilterResult", "SmoothResult", "Forecast", "ParticleFilterResult"]
