@@ -20,10 +20,13 @@ class Backend:
 
     ``requires_key``: sampling backends (particle, ensemble) set it to True and
     get a ``jax.random`` key; exact backends get ``None``.
+    ``noisy_likelihood``: the log-likelihood is the log of a random (unbiased)
+    estimate, so ``sample_posterior`` runs particle marginal Metropolis-Hastings.
     """
 
     requires_key = False
     provides_likelihood = True
+    noisy_likelihood = False  # True: log_likelihood is a random estimate (particle filters): PMMH, not HMC
 
     def filter(self, problem: StateSpace, key=None) -> FilterResult:
         raise NotImplementedError

@@ -103,6 +103,7 @@ class BootstrapPF(Backend):
     ess_threshold: float = 0.5
 
     requires_key = True
+    noisy_likelihood = True
 
     def __post_init__(self):
         if isinstance(self.num_particles, bool) or not isinstance(self.num_particles, int) or self.num_particles < 1:
