@@ -51,6 +51,11 @@ def _diagnose_nan(problem):
 
 def _raise_if_nan(ssm, result, method, params, args, kwargs):
     """Bad input gets an error, not a silent NaN: explain a NaN log-likelihood when we can."""
+    log_predictive = getattr(result, "log_predictive", None)
+    if log_predictive is not None and _is_concrete(log_predictive):
+        problem = method.diagnose(result)
+        if problem:
+            raise ValueError(problem)
     ll = getattr(result, "marginal_loglik", None)
     if ll is None or not _is_concrete(ll) or not bool(jnp.isnan(ll)):
         return
@@ -175,7 +180,7 @@ class SSM:
         """log p(y_{1:T} | params), the latent path integrated out (an estimate for sampling backends)."""
         _check_key(_check_method(method), key)
         ll = jit_by_arrays(self._log_likelihood, method, key, params, *args, **kwargs)
-        if _is_concrete(ll) and bool(jnp.isnan(ll)):
+        if _is_concrete(ll) and not bool(jnp.isfinite(ll)):
             _raise_if_nan(self, self.filter(params, *args, method=method, key=key, **kwargs), method, params, args, kwargs)
         return ll
 

@@ -31,6 +31,10 @@ class Backend:
     def filter(self, problem: StateSpace, key=None) -> FilterResult:
         raise NotImplementedError
 
+    def diagnose(self, result) -> "str | None":
+        """Outside jit, on a concrete result: a message explaining why it is unusable, or None."""
+        return None
+
     def smooth(self, problem: StateSpace, key=None) -> SmoothResult:
         raise NotImplementedError(f"{type(self).__name__} has no smoother")
 
