@@ -254,3 +254,29 @@ def test_kept_particles_same_key_and_errors_from_every_entry_point(x64):
     ll = SSM(sine_model).log_likelihood({}, np.array([0.1, 0.2]), key=jax.random.PRNGKey(0),
                                         method=GuidedPF(10, proposal=lambda zp, x, y_t: dist.Normal(zp, 0.2)))
     assert np.isfinite(float(ll))
+
+
+@pytest.mark.slow
+def test_fit_sgd_through_particle_filters_finds_the_kalman_mle(x64):
+    """fit_sgd on the particle filters' "score" gradients lands within half a standard error
+    (from the exact observed information) of the exact maximum-likelihood estimate. Measured
+    (T = 200, 400 Adam steps, cosine-decayed learning rate): MLE phi 0.784, q 0.681; GuidedPF 0.784,
+    0.682; BootstrapPF(200) 0.795, 0.671; with gradient="stop_gradient" 0.844, 0.621 (its bias)."""
+    import optax
+
+    ssm = SSM(ar1_param_model)
+    _, y = ssm.sample(jax.random.PRNGKey(3), {"phi": 0.9, "q": 0.6}, T=200)
+    y = y[:, 0]
+    start = {"phi": 0.5, "q": 1.0}
+    fit = dict(num_epochs=400, progress_bar=False)
+    mle, _ = ssm.fit_sgd(start, y, optimizer=optax.adam(0.05), num_epochs=600, progress_bar=False)
+    names = ("phi", "q")
+    ll = lambda v: Kalman().log_likelihood(ssm.state_space(dict(zip(names, v)), y))
+    theta = jnp.array([mle[n] for n in names])
+    np.testing.assert_allclose(jax.grad(ll)(theta), 0.0, atol=1e-3)  # it is the MLE
+    se = np.sqrt(np.diag(np.linalg.inv(-np.asarray(jax.hessian(ll)(theta)))))
+    for method in (GuidedPF(200), BootstrapPF(200)):
+        got, _ = ssm.fit_sgd(start, y, optimizer=optax.adam(optax.cosine_decay_schedule(0.05, 400)), method=method,
+                             key=jax.random.PRNGKey(0), **fit)
+        err = np.abs(np.array([float(got[n]) for n in names]) - np.asarray(theta))
+        assert np.all(err < 0.5 * se), (type(method).__name__, got, mle, se)
