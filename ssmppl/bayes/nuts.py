@@ -158,6 +158,13 @@ def sample_posterior(ssm, key, args, kwargs, num_warmup=1000, num_samples=1000, 
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     setup = sampler_setup(ssm, args, kwargs, params)
     _validate(ssm, key, setup, method, args, kwargs)
+    if method is not None and method.noisy_likelihood:
+        # A random likelihood estimate (particle filter): particle marginal Metropolis-Hastings, not NUTS.
+        from .pmmh import sample_posterior_pmmh
+
+        return sample_posterior_pmmh(ssm, key, args, kwargs, setup, method, num_warmup, num_samples, num_chains,
+                                     chain_method, progress_bar, backend, target_accept_prob, dense_mass,
+                                     max_tree_depth)
     model = sampler_model(ssm, setup, method)
     run = _run_numpyro if backend == "numpyro" else _run_blackjax
     draws, stats = run(model, key, args, kwargs, num_warmup, num_samples, num_chains, chain_method, progress_bar,
