@@ -278,7 +278,8 @@ class SSM:
                          chain_method: str = "vectorized", progress_bar: bool = True, params=None,
                          target_accept_prob: float = 0.8, dense_mass: bool = False, max_tree_depth: int = 10,
                          **kwargs):
-        """NUTS on the model's global ``numpyro.sample`` sites; returns a ``ssmppl.bayes.Posterior``.
+        """NUTS (or PMMH, see below) on the model's global ``numpyro.sample`` sites; returns a
+        ``ssmppl.bayes.Posterior``.
 
         ``method``: the backend integrating the latent path out (``ssmppl.marginalize``),
         so NUTS moves in the parameters only; ``None`` samples parameters and path
@@ -291,6 +292,17 @@ class SSM:
         sites, which are always fixed, default to their initial values; sample sites
         given here are conditioned on). Divergent transitions are counted in
         ``posterior.sample_stats['diverging']`` and raise a ``DivergenceWarning``.
+
+        A backend with a noisy likelihood (``method.noisy_likelihood``: particle
+        filters, e.g. ``method=BootstrapPF(500)``) cannot drive NUTS: the posterior is
+        then sampled by particle marginal Metropolis-Hastings (``ssmppl.bayes.pmmh``:
+        a Gaussian random walk whose covariance and scale are tuned during warm-up),
+        exact despite the noise, into the same ``Posterior``. Its ``sample_stats``
+        hold ``acceptance_rate``, ``is_accepted``, ``lp``, ``diverging`` (all False)
+        and ``loglik_sd`` (per chain: sd of the log-likelihood estimate at the end of
+        warm-up; above 2 a ``PMMHWarning`` asks for more particles). ``backend`` is
+        then unused; changing the NUTS options ``target_accept_prob``, ``dense_mass``
+        or ``max_tree_depth`` raises a ``ValueError``.
         """
         from .bayes.nuts import sample_posterior
 
