@@ -280,3 +280,17 @@ def test_fit_sgd_through_particle_filters_finds_the_kalman_mle(x64):
                              key=jax.random.PRNGKey(0), **fit)
         err = np.abs(np.array([float(got[n]) for n in names]) - np.asarray(theta))
         assert np.all(err < 0.5 * se), (type(method).__name__, got, mle, se)
+
+
+def test_forecast_matches_kalman_forecast(x64):
+    ssm = SSM(ar1_model)
+    y = np.array([0.3, -0.5, 1.2, np.nan, 0.8, 0.1, -0.9, -0.4, 0.6, 1.5])
+    exact = ssm.forecast({}, 3, y)
+    N = 20000
+    got = ssm.forecast({}, 3, y, method=BootstrapPF(N), key=jax.random.PRNGKey(0))
+    var = np.asarray(exact.state_covariances)[:, 0, 0]
+    # the means' Monte Carlo sd is about sqrt(var / ESS) with ESS > N / 2; variances within ~4 sd of theirs
+    np.testing.assert_allclose(got.state_means[:, 0], exact.state_means[:, 0], atol=4.5 * np.sqrt(2 * var.max() / N))
+    np.testing.assert_allclose(got.emission_means, exact.emission_means, atol=4.5 * np.sqrt(2 * var.max() / N))
+    np.testing.assert_allclose(got.state_covariances, exact.state_covariances, rtol=4.5 * np.sqrt(2 * 2 / N))
+    np.testing.assert_allclose(got.emission_covariances, exact.emission_covariances, rtol=4.5 * np.sqrt(2 * 2 / N))

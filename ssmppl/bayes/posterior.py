@@ -16,27 +16,11 @@ import numpy as np
 from jax import lax
 
 from .._jit import jit_by_arrays
-from ..errors import ModelStructureError
-from ..inference.base import Backend
+from ..inference.base import Backend, check_forecastable
 from ..inference.kalman import Kalman
-from ..models.dependence import reads
 
 def _params_of(fixed, draw):
     return {**fixed, **draw}
-
-
-def _check_forecastable(problem):
-    """Forecasting needs the step's distributions not to read the scan's inputs (unknown in the future)."""
-    if problem.xs is None:
-        return
-    z, x0 = jnp.zeros(problem.state_dim, problem.observations.dtype), problem.xs_example()
-    for fn, site in ((problem.transition, problem.names.latent), (problem.emission, problem.names.obs)):
-        if reads(lambda x: jax.tree.leaves(fn(z, x)), 0, x0):
-            raise ModelStructureError(
-                f"cannot forecast: the distribution of site {site!r} reads the scan's inputs, whose future values "
-                "are unknown. Extend the inputs over the forecast horizon with NaN observations and use "
-                "predictive(key) instead"
-            )
 
 
 def _predict(problem, zs, key, num_steps):
@@ -85,7 +69,7 @@ def _derived_of_draws(ssm, method, fixed, draws, states, keys, what, num_steps, 
             out["log_predictive"] = method.log_predictive(problem, k_ll if method.requires_key else None)
         if "predictive" in what:
             if num_steps:
-                _check_forecastable(problem)  # at trace time
+                check_forecastable(problem)  # at trace time
             out.update(_predict(problem, zs, k_pred, num_steps))
         return out
 

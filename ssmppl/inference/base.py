@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
+
+from ..errors import ModelStructureError
+from ..models.dependence import reads
 from ..models.tracing import StateSpace
 from .results import FilterResult, Forecast, SmoothResult
 
@@ -55,3 +60,17 @@ class Backend:
     def posterior_predictive(self, problem: StateSpace, smoothed: SmoothResult):
         """Means and standard deviations (T, dy) of y_t under the smoothed state."""
         raise NotImplementedError(f"{type(self).__name__} has no posterior predictive")
+
+
+def check_forecastable(problem: StateSpace):
+    """Forecasting needs the step's distributions not to read the scan's inputs (unknown in the future)."""
+    if problem.xs is None:
+        return
+    z, x0 = jnp.zeros(problem.state_dim, problem.observations.dtype), problem.xs_example()
+    for fn, site in ((problem.transition, problem.names.latent), (problem.emission, problem.names.obs)):
+        if reads(lambda x: jax.tree.leaves(fn(z, x)), 0, x0):
+            raise ModelStructureError(
+                f"cannot forecast: the distribution of site {site!r} reads the scan's inputs, whose future values "
+                "are unknown. Extend the inputs over the forecast horizon, pad the observations with NaN and call "
+                "ssm.filter (or Posterior.predictive) instead"
+            )

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from ..errors import ModelStructureError
 from ..models.dependence import reads
 from ..models.tracing import StateSpace
-from .base import Backend
+from .base import Backend, check_forecastable
 from .gaussian import GAUSSIAN_TYPES, family_name, conditional_moments, gaussian_moments, is_gaussian
 from .gaussian_filter import (
     GaussianModel,
@@ -147,16 +147,8 @@ class _GaussianApproximation(Backend):
         return gaussian_sample_states(self._model(problem), self._rule(problem.state_dim), key, self._iterations)
 
     def forecast(self, problem, filtered, num_steps, key=None):
+        check_forecastable(problem)
         x0 = problem.xs_example()
-        if x0 is not None:
-            z = jnp.zeros(problem.state_dim, filtered.filtered_means.dtype)
-            for fn, role in ((problem.transition, "transition"), (problem.emission, "emission")):
-                if reads(lambda x: jax.tree.leaves(fn(z, x)), 0, x0):
-                    raise ModelStructureError(
-                        f"cannot forecast: the {role} reads the scan's inputs, whose future values are unknown. "
-                        "Extend the inputs over the forecast horizon, pad the observations with NaN and call "
-                        "ssm.filter instead"
-                    )
         return gaussian_forecast(self._model(problem), self._rule(problem.state_dim), filtered.filtered_means[-1],
                                  filtered.filtered_covariances[-1], x0, num_steps)
 

@@ -49,12 +49,12 @@ from jax import lax
 from ..errors import ModelStructureError
 from ..learning.expected_log_joint import masked_log_prob
 from ..models.dependence import reads
-from .base import Backend
-from .gaussian import family_name, gaussian_moments, is_gaussian
+from .base import Backend, check_forecastable
+from .gaussian import conditional_moments, family_name, gaussian_moments, is_gaussian
 from .gaussian_filter import factor_or_repair
 from .linear_gaussian import moment_update
 from .resampling import RESAMPLERS, effective_sample_size, resampler
-from .results import FilterResult, SmoothResult, _pytree_dataclass
+from .results import FilterResult, Forecast, SmoothResult, _pytree_dataclass
 
 GRADIENT_ESTIMATORS = ("stop_gradient", "score")
 SMOOTHERS = ("ffbsi", "genealogy")
@@ -72,10 +72,14 @@ class ParticleFilterResult(FilterResult):
       ancestors: (T, N)    a_t^i, the index at t-1 of particle i's parent (idem; at t = 1
                            an index into ``initial_particles``)
       initial_particles: (N, dz) the draws of z_0 (idem)
+      final_particles: (N, dz), final_log_weights: (N,) the last step's (always: O(N);
+                           ``ssm.forecast`` starts from them)
     """
 
     ess: jax.Array = None
     resampled: jax.Array = None
+    final_particles: jax.Array = None
+    final_log_weights: jax.Array = None
     particles: Optional[jax.Array] = None
     log_weights: Optional[jax.Array] = None
     ancestors: Optional[jax.Array] = None
@@ -94,6 +98,8 @@ class ParticleSmoothResult(SmoothResult):
     ess: jax.Array = None
     resampled: jax.Array = None
     trajectories: jax.Array = None
+    final_particles: jax.Array = None
+    final_log_weights: jax.Array = None
     particles: Optional[jax.Array] = None
     log_weights: Optional[jax.Array] = None
     ancestors: Optional[jax.Array] = None
@@ -284,12 +290,33 @@ def particle_filter(problem, key, num_particles: int, move, log_eta=_no_look_ahe
 
     keys = jax.random.split(key_steps, problem.length)
     initial = particles
-    _, out = lax.scan(step, (particles, log_w), (keys, problem.observations.astype(dtype), problem.xs))
+    (last, last_log_w), out = lax.scan(step, (particles, log_w), (keys, problem.observations.astype(dtype), problem.xs))
     mf, Pf, mp, Pp, lls, ess, resampled_flags = out[:7]
     base = FilterResult.from_steps(lls, mf, Pf, mp, Pp)
     stored = dict(particles=out[7], log_weights=out[8], ancestors=out[9], initial_particles=initial) \
         if keep_particles else {}
-    return ParticleFilterResult(**vars(base), ess=ess, resampled=resampled_flags, **stored)
+    return ParticleFilterResult(**vars(base), ess=ess, resampled=resampled_flags, final_particles=last,
+                                final_log_weights=last_log_w, **stored)
+
+
+def particle_forecast(problem, particles, log_weights, xs_t, num_steps: int, key) -> Forecast:
+    """Moments of the next ``num_steps`` states and emissions: the weighted particles move by
+    the transition; emission moments mix each particle's conditional mean and covariance."""
+    dz, dtype = problem.state_dim, particles.dtype
+    w = jax.nn.softmax(log_weights)
+
+    def step(z, k):
+        z = jax.vmap(lambda k_, zp: _flat_sample(problem.transition(zp, xs_t), k_, dz, dtype))(
+            jax.random.split(k, z.shape[0]), z)
+        m, P = _weighted_moments(z, log_weights)
+        y_means, y_covs = jax.vmap(lambda z_: conditional_moments(problem.emission(z_, xs_t)))(z)
+        y_mean = w @ y_means
+        dev = y_means - y_mean
+        S = jnp.einsum("n,nij->ij", w, y_covs) + (dev.T * w) @ dev
+        return z, (m, P, y_mean, S)
+
+    _, (ms, Ps, ym, yS) = lax.scan(step, particles, jax.random.split(key, num_steps))
+    return Forecast(state_means=ms, state_covariances=Ps, emission_means=ym, emission_covariances=yS)
 
 
 def first_impossible_step(log_predictive) -> Optional[int]:
@@ -370,6 +397,12 @@ class _ParticleBackend(Backend):
         key_filter, key_back = jax.random.split(key)
         filtered = self._run(problem, key_filter, True)
         return backward_trajectories(problem, filtered, key_back, 1, self.smoother)[0]
+
+    def forecast(self, problem, filtered, num_steps, key=None):
+        check_forecastable(problem)
+        x_last = None if problem.xs is None else problem.xs_at(problem.length - 1)
+        return particle_forecast(problem, filtered.final_particles, filtered.final_log_weights, x_last, num_steps,
+                                 self._key(key))
 
     def diagnose(self, result) -> Optional[str]:
         """A message when some step's weights were all zero or not finite (checked outside jit)."""

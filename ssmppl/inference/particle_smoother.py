@@ -102,6 +102,7 @@ def particle_smooth(problem, filtered, key, method: str, num_paths: int, keep_pa
     base = {f: getattr(filtered, f) for f in FilterResult.__dataclass_fields__}
     stored = {f: getattr(filtered, f) if keep_particles else None
               for f in ("particles", "log_weights", "ancestors", "initial_particles")}
+    stored.update(final_particles=filtered.final_particles, final_log_weights=filtered.final_log_weights)
     return ParticleSmoothResult(**base, smoothed_means=mean[1:], smoothed_covariances=cov[1:],
                                 smoothed_cross_covariances=cross[1:], initial_smoothed_mean=mean[0],
                                 initial_smoothed_covariance=cov[0], initial_cross_covariance=cross[0],
