@@ -294,3 +294,17 @@ def test_forecast_matches_kalman_forecast(x64):
     np.testing.assert_allclose(got.emission_means, exact.emission_means, atol=4.5 * np.sqrt(2 * var.max() / N))
     np.testing.assert_allclose(got.state_covariances, exact.state_covariances, rtol=4.5 * np.sqrt(2 * 2 / N))
     np.testing.assert_allclose(got.emission_covariances, exact.emission_covariances, rtol=4.5 * np.sqrt(2 * 2 / N))
+
+
+@pytest.mark.slow
+def test_posterior_predictive_matches_kalman(x64):
+    ssm = SSM(ar1_model)
+    y = np.array([0.3, -0.5, 1.2, np.nan, 0.8, 0.1, -0.9, -0.4, 0.6, 1.5])
+    means, sds = ssm.posterior_predictive({}, y)
+    M = 2000
+    got_means, got_sds = ssm.posterior_predictive({}, y, method=BootstrapPF(M, num_trajectories=M),
+                                                  key=jax.random.PRNGKey(0))
+    # M FFBSi paths: the mean's sd is about sd[z_t | y] / sqrt(M) (times ~2 for the particles' own error)
+    smoothed_sd = np.sqrt(np.asarray(ssm.smooth({}, y).smoothed_covariances)[:, 0, 0])
+    np.testing.assert_allclose(got_means[:, 0], means[:, 0], atol=4.5 * 2 * smoothed_sd.max() / np.sqrt(M))
+    np.testing.assert_allclose(got_sds, sds, rtol=0.03)

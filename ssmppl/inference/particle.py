@@ -404,6 +404,18 @@ class _ParticleBackend(Backend):
         return particle_forecast(problem, filtered.final_particles, filtered.final_log_weights, x_last, num_steps,
                                  self._key(key))
 
+    def posterior_predictive(self, problem, smoothed):
+        """E[y_t | y_{1:T}] and sd[y_t | y_{1:T}] (T, dy), mixing p(y_t | z_t) over the smoothed paths."""
+
+        def at(z, xs_t):
+            mean, cov = conditional_moments(problem.emission(z, xs_t))
+            return mean, jnp.diagonal(cov)
+
+        per_path = jax.vmap(lambda path: jax.vmap(at)(path, problem.xs))  # xs may be None
+        means, variances = per_path(smoothed.trajectories)  # (M, T, dy) each
+        mean = means.mean(axis=0)
+        return mean, jnp.sqrt(variances.mean(axis=0) + means.var(axis=0))
+
     def diagnose(self, result) -> Optional[str]:
         """A message when some step's weights were all zero or not finite (checked outside jit)."""
         step = first_impossible_step(result.log_predictive)
