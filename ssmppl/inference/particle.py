@@ -87,23 +87,14 @@ class ParticleFilterResult(FilterResult):
 
 
 @_pytree_dataclass
-class ParticleSmoothResult(SmoothResult):
-    """``SmoothResult`` of a particle smoother, plus the filter's ``ess`` (T,) and
-    ``trajectories`` (M, T, dz): draws of z_{1:T} from the smoothing distribution
-    (FFBSi: M independent backward draws; genealogy: M lineages drawn by final
-    weight). Smoothed moments are the trajectories' sample moments (FFBSi) or the
-    weighted moments of all N lineages (genealogy). ``resampled`` and, with
-    ``keep_particles=True``, the stored particles as ``ParticleFilterResult``."""
+class ParticleSmoothResult(SmoothResult, ParticleFilterResult):
+    """``SmoothResult`` of a particle smoother, with the filter's ``ParticleFilterResult``
+    fields, plus ``trajectories`` (M, T, dz): draws of z_{1:T} from the smoothing
+    distribution (FFBSi: M independent backward draws; genealogy: M lineages drawn by
+    final weight). Smoothed moments are the trajectories' sample moments (FFBSi) or
+    the weighted moments of all N lineages (genealogy)."""
 
-    ess: jax.Array = None
-    resampled: jax.Array = None
     trajectories: jax.Array = None
-    final_particles: jax.Array = None
-    final_log_weights: jax.Array = None
-    particles: Optional[jax.Array] = None
-    log_weights: Optional[jax.Array] = None
-    ancestors: Optional[jax.Array] = None
-    initial_particles: Optional[jax.Array] = None
 
 
 def _weighted_moments(particles, log_weights):
