@@ -13,13 +13,20 @@ out by the particle filter) in the unconstrained space of the inferred global
 sites, log-Jacobians included (``numpyro.infer.util.potential_energy``). The
 filter draws its randomness from ``numpyro.handlers.seed``: every proposal gets
 a fresh key. The kernel is blackjax's additive-step random walk
-(``blackjax.mcmc.random_walk.build_additive_step``) with a Gaussian step.
+(``blackjax.mcmc.random_walk.build_additive_step``) with a Gaussian step, drawn
+(and the filter run at the proposed point) just before the kernel's call, so
+that one filter call site serves every phase of the chain and compiles once.
+Chains are vmapped (``chain_method="vectorized"`` or ``"parallel"``, sharded
+over devices when there are several) or run in turn (``"sequential"``); all of
+it is one compiled function, reused by later calls on the same ``SSM``,
+backend and settings. Draws are deterministic given the key.
 
 Warm-up (one compiled scan; the schedule is fixed by ``num_warmup``):
 
 * Initial positions: as NumPyro's default, uniform in (-2, 2) in unconstrained
-  space; of 8 such candidates per chain the first with a finite (estimated) log
-  posterior is taken.
+  space: each chain starts at such a point with log density -inf and makes 8
+  independence proposals of such points (the first with a finite estimated log
+  posterior is accepted, later ones by the Metropolis ratio).
 * Proposal covariance ``lambda^2 * S``. S starts at 0.1^2 I. Warm-up is cut into
   windows of doubling length (the first max(25, num_warmup // 20) steps); at the
   end of each window but the last, S becomes (2.38^2 / d) times the window's
@@ -46,7 +53,7 @@ Warm-up (one compiled scan; the schedule is fixed by ``num_warmup``):
 Diagnostic: at the end of warm-up the log-likelihood estimate is evaluated 16
 times at each chain's position; the standard deviation, per chain, is stored
 as ``sample_stats["loglik_sd"]`` (constant along each chain) and a
-``UserWarning`` is raised when it exceeds 2 (PMMH then mixes badly: use more
+``PMMHWarning`` (a ``UserWarning``) is raised when it exceeds 2 (PMMH then mixes badly: use more
 particles; aim at about 1 to 1.5).
 """
 
@@ -178,12 +185,14 @@ def _chains(ssm, method, names, inferred, conditioned, fixed, keys, args, kwargs
         warm = ph == _WARM
         candidate = jax.random.uniform(k_cand, (d,), dtype, -2.0, 2.0)
 
-        def random_step(k_prop, position):
-            rw = jnp.exp(log_scale) * (chol @ jax.random.normal(k_prop, (d,), dtype))
-            return jnp.where(ph == _INIT, candidate - position, jnp.where(ph == _DIAG, 0.0, rw))
-
-        # A fresh filter key for the proposal only; the current state's estimate is kept (exact PMMH).
-        new, info = kernel(k_mh, state, lambda u: log_target(u, k_ll), random_step)
+        k_prop, k_mh = jax.random.split(k_mh)
+        rw = jnp.exp(log_scale) * (chol @ jax.random.normal(k_prop, (d,), dtype))
+        delta = jnp.where(ph == _INIT, candidate - state.position, jnp.where(ph == _DIAG, 0.0, rw))
+        # The one filter run of the step, with a fresh key, at the proposed point; the current
+        # state's estimate is kept, never recomputed (what makes PMMH exact). blackjax's kernel
+        # then proposes exactly this point (its step ignores the key) and accepts or rejects it.
+        lp_prop = log_target(state.position + delta, k_ll)
+        new, info = kernel(k_mh, state, lambda u: lp_prop, lambda _key, _position: delta)
         state = jax.tree.map(lambda a, b: jnp.where(ph == _DIAG, a, b), state, new)
         gain = (m + 1.0) ** -0.6
         log_scale = jnp.where(warm, jnp.clip(log_scale + gain * (info.acceptance_rate - target_acceptance),
@@ -201,7 +210,7 @@ def _chains(ssm, method, names, inferred, conditioned, fixed, keys, args, kwargs
             return jnp.zeros((), dtype), kept, zero_acc, jnp.int32(0)
 
         log_scale, chol, acc, moves = lax.cond(is_end, new_window, lambda _: (log_scale, chol, acc, moves), None)
-        out = (state.position, state.logdensity, info.acceptance_rate, info.is_accepted, info.proposal.logdensity)
+        out = (state.position, state.logdensity, info.acceptance_rate, info.is_accepted, lp_prop)
         return (state, log_scale, chol, acc, moves), out
 
     def one_chain(key):
