@@ -55,6 +55,14 @@ times at each chain's position; the standard deviation, per chain, is stored
 as ``sample_stats["loglik_sd"]`` (constant along each chain) and a
 ``PMMHWarning`` (a ``UserWarning``) is raised when it exceeds 2 (PMMH then mixes badly: use more
 particles; aim at about 1 to 1.5).
+
+``sample_stats`` (chains, draws): ``acceptance_rate`` (the Metropolis acceptance
+probability of each step's proposal), ``is_accepted``, ``lp`` (the kept
+estimate of the log posterior density in unconstrained space, Jacobian
+included: it changes only when a proposal is accepted), ``diverging`` (all
+False: no such thing in a random walk; ArviZ reads it) and ``loglik_sd``. The
+NUTS tuning options of ``sample_posterior`` are refused (``ValueError``) when
+changed from their defaults; ``backend`` is not used.
 """
 
 from __future__ import annotations
