@@ -17,6 +17,7 @@ from ssmppl.inference.resampling import (
     effective_sample_size,
     offspring_counts,
     resampler,
+    stratified_resample,
     systematic_resample,
 )
 
@@ -87,3 +88,25 @@ def test_effective_sample_size_and_errors():
             systematic_resample(jax.random.PRNGKey(0), jnp.zeros(4), bad)
     with pytest.raises(ValueError, match="systematic"):
         resampler("bogus")
+
+
+@pytest.mark.parametrize("N, n", [(40, 50), (50, 7)])
+def test_linear_time_schemes_equal_the_inverse_cdf_by_binary_search(x64, N, n):
+    """Systematic and stratified resampling find each particle's first slot in closed form
+    (O(N)); they must pick exactly the ancestors of the binary search on the same uniforms,
+    zero weights and single survivors included."""
+    from ssmppl.inference.resampling import _inverse_cdf, normalized_weights
+
+    def one(k):
+        lw = jax.random.normal(jax.random.fold_in(k, 2), (N,)) * 3
+        dead = jax.random.bernoulli(jax.random.fold_in(k, 5), 0.3, (N,)) & (jnp.arange(N) > 0)
+        lw = jnp.where(dead, -jnp.inf, lw)
+        w = normalized_weights(lw)
+        U = jax.random.uniform(jax.random.fold_in(k, 3), (), w.dtype)
+        Us = jax.random.uniform(jax.random.fold_in(k, 4), (n,), w.dtype)
+        return (_inverse_cdf(w, (jnp.arange(n) + U) / n), systematic_resample(jax.random.fold_in(k, 3), lw, n),
+                _inverse_cdf(w, (jnp.arange(n) + Us) / n), stratified_resample(jax.random.fold_in(k, 4), lw, n))
+
+    a, b, c, d = jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(N), 2000))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(c, d)

@@ -225,13 +225,14 @@ def _initial_particles(problem, key, N, dtype):
     return problem.initial.sample(key, (N,)).reshape(N, dz).astype(dtype)
 
 
-def particle_filter(problem, key, num_particles: int, move, log_eta=_no_look_ahead, scheme: str = "systematic",
+def particle_filter(problem, key, num_particles: int, move=None, log_eta=_no_look_ahead, scheme: str = "systematic",
                     ess_threshold: float = 0.5, gradient: str = "score",
                     keep_particles: bool = False) -> ParticleFilterResult:
     """The particle filter of the module docstring over a ``StateSpace``.
 
-    move(key, z_prev (dz,), xs_t, y (dy,)) -> (z (dz,), log alpha); log_eta(z_prev, xs_t, y) -> ().
-    Steps whose observation is entirely missing use the transition (alpha = 1) and no look-ahead.
+    move(key, z_prev (dz,), xs_t, y (dy,)) -> (z (dz,), log alpha), or None for the transition
+    (the bootstrap move); log_eta(z_prev, xs_t, y) -> (). Steps whose observation is entirely
+    missing use the transition (alpha = 1) and no look-ahead.
     """
     resample = resampler(scheme)
     N = num_particles
@@ -245,43 +246,62 @@ def particle_filter(problem, key, num_particles: int, move, log_eta=_no_look_ahe
     def blind_move(k, z_prev, xs_t, y):
         return blind(k, z_prev, xs_t, y)[0], jnp.zeros((), dtype)
 
+    look_ahead = log_eta is not _no_look_ahead
+    guided = move is not None
+    move = move if guided else blind
+
+    def moments(particles, log_weights):
+        """Normalised log-weights, weighted mean and covariance, ESS and the log normaliser:
+        one exponentiation of the N weights."""
+        log_norm = jax.nn.logsumexp(log_weights)
+        log_weights = log_weights - log_norm
+        w = jnp.exp(log_weights)
+        mean = w @ particles
+        dev = particles - mean
+        return log_weights, mean, (dev.T * w) @ dev, 1.0 / jnp.sum(w**2), log_norm
+
     def step(carry, inputs):
-        particles, log_w = carry
+        particles, log_w, ess = carry
         k, y, xs_t = inputs
         k_resample, k_move = jax.random.split(k)
         missing = jnp.all(jnp.isnan(y))
-        log_eta_i = jnp.where(missing, 0.0, jax.vmap(log_eta, (0, None, None))(particles, xs_t, y)).astype(dtype)
-        log_v = log_w + log_eta_i
-        log_c = jax.nn.logsumexp(log_v)
-        log_v = log_v - log_c
-        do_resample = effective_sample_size(log_v) < ess_threshold * N
+        if look_ahead:
+            log_eta_i = jnp.where(missing, 0.0, jax.vmap(log_eta, (0, None, None))(particles, xs_t, y)).astype(dtype)
+            log_v = log_w + log_eta_i
+            log_c = jax.nn.logsumexp(log_v)
+            log_v = log_v - log_c
+            ess_v = effective_sample_size(log_v)
+        else:  # the carried weights are normalised and their ESS known
+            log_eta_i, log_v, log_c, ess_v = 0.0, log_w, 0.0, ess
+        do_resample = ess_v < ess_threshold * N
 
         def resampled():
             a = resample(k_resample, log_v, N).astype(jnp.int32)
-            log_omega = log_c - log_n - log_eta_i[a]
+            log_omega = log_c - log_n - (log_eta_i[a] if look_ahead else 0.0)
             if gradient == "score":
                 log_omega = log_omega + log_v[a] - lax.stop_gradient(log_v[a])
-            return a, log_omega
+            return a, jnp.broadcast_to(log_omega, (N,)).astype(dtype)
 
         ancestors, log_omega = lax.cond(do_resample, resampled, lambda: (jnp.arange(N, dtype=jnp.int32), log_w))
         parents = particles[ancestors]
         keys = jax.random.split(k_move, N)
-        particles, log_alpha = lax.cond(
-            missing, lambda: jax.vmap(blind_move, (0, 0, None, None))(keys, parents, xs_t, y),
-            lambda: jax.vmap(move, (0, 0, None, None))(keys, parents, xs_t, y))
-        pred_mean, pred_cov = _weighted_moments(particles, log_omega)
-        log_w = log_omega + log_alpha
-        ll = jax.nn.logsumexp(log_w)
-        log_w = log_w - ll
-        mean, cov = _weighted_moments(particles, log_w)
-        out = (mean, cov, pred_mean, pred_cov, ll, effective_sample_size(log_w), do_resample)
+        if guided:  # an entirely missing observation: the transition (a proposal may not take NaN)
+            particles, log_alpha = lax.cond(
+                missing, lambda: jax.vmap(blind_move, (0, 0, None, None))(keys, parents, xs_t, y),
+                lambda: jax.vmap(move, (0, 0, None, None))(keys, parents, xs_t, y))
+        else:
+            particles, log_alpha = jax.vmap(move, (0, 0, None, None))(keys, parents, xs_t, y)
+        _, pred_mean, pred_cov, _, _ = moments(particles, log_omega)
+        log_w, mean, cov, ess, ll = moments(particles, log_omega + log_alpha)
+        out = (mean, cov, pred_mean, pred_cov, ll, ess, do_resample)
         if keep_particles:
             out = out + (particles, log_w, ancestors)
-        return (particles, log_w), out
+        return (particles, log_w, ess), out
 
     keys = jax.random.split(key_steps, problem.length)
     initial = particles
-    (last, last_log_w), out = lax.scan(step, (particles, log_w), (keys, problem.observations.astype(dtype), problem.xs))
+    carry = (particles, log_w, jnp.asarray(N, dtype))
+    (last, last_log_w, _), out = lax.scan(step, carry, (keys, problem.observations.astype(dtype), problem.xs))
     mf, Pf, mp, Pp, lls, ess, resampled_flags = out[:7]
     base = FilterResult.from_steps(lls, mf, Pf, mp, Pp)
     stored = dict(particles=out[7], log_weights=out[8], ancestors=out[9], initial_particles=initial) \
@@ -354,8 +374,8 @@ class _ParticleBackend(Backend):
             raise ValueError(f"{owner}(smoother=...) must be one of {SMOOTHERS}, got {self.smoother!r}")
 
     # subclasses: the move and the look-ahead for this problem
-    def _move(self, problem, dtype) -> Callable:
-        return bootstrap_move(problem, dtype)
+    def _move(self, problem, dtype) -> Optional[Callable]:
+        return None  # the transition
 
     def _log_eta(self, problem) -> Callable:
         return _no_look_ahead
@@ -488,7 +508,7 @@ class AuxiliaryPF(_ParticleBackend):
                 raise TypeError(f"AuxiliaryPF({name}=...) must be a function (z_prev, xs_t, y_t), got {value!r}")
 
     def _move(self, problem, dtype):
-        return bootstrap_move(problem, dtype) if self.proposal is None else proposal_move(problem, self.proposal, dtype)
+        return None if self.proposal is None else proposal_move(problem, self.proposal, dtype)
 
     def _log_eta(self, problem):
         if self.log_eta is None:
