@@ -2,10 +2,11 @@
 
 from . import inference, models
 from .errors import ModelStructureError, ObservationShapeError
-from .inference import EKF, UKF, GaussHermite, Kalman, MomentMatching
+from .inference import EKF, UKF, AuxiliaryPF, BootstrapPF, GaussHermite, GuidedPF, Kalman, MomentMatching
 from .marginal import marginalize
 from .ssm import SSM
 
 __version__ = "0.1.0"
 
-__all__ = ["SSM", "marginalize", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "inference", "models", "ModelStructureError", "ObservationShapeError"]
+__all__ = ["SSM", "marginalize", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "BootstrapPF", "GuidedPF",
+           "AuxiliaryPF", "inference", "models", "ModelStructureError", "ObservationShapeError"]

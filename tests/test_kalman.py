@@ -201,8 +201,9 @@ def test_against_statsmodels(case):
     assert_close(ours.smoothed_cross_covariances, np.swapaxes(cross, -1, -2), name="cross_covs")
 
 
-# One long case runs by default; the other two (same code paths, other model shapes) are slow.
-@pytest.mark.parametrize("case", [c if c == "time_varying" else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
+# Long cases (~30 s each) are slow; the default run checks the same code paths at small T above.
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
 def test_parallel_equals_sequential_long(case):
     model, args, kwargs, mats, ys = make_case(case, T=200, seed=2)
     ssm = SSM(model)

@@ -211,6 +211,7 @@ def _oscillator(y=None, T=None):
     scan(step, z0, y, length=T)
 
 
+@pytest.mark.slow  # ~35 s: two fits; the default run covers the generalised M-step in test_closed_form_and_generalised_em_same_optimum
 def test_non_affine_parameters_generalised_em_and_sgd(x64):
     ssm = SSM(_oscillator)
     truth = {"rho": 0.95, "omega": 0.3, "q": 0.1, "r": 0.5}

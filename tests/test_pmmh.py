@@ -78,8 +78,9 @@ def test_warmup_windows_double_and_leave_a_scale_only_window():
         assert lengths[-1] >= (lengths[-2] if len(lengths) > 1 else 0)
 
 
-@pytest.mark.parametrize("method", [ExactAsNoisy(), pytest.param(BootstrapPF(100), marks=pytest.mark.slow)],
-                         ids=["exact_likelihood", "bootstrap_pf"])
+# ~15 s of compilation each: slow, to keep the default run within its 15 minutes
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [ExactAsNoisy(), BootstrapPF(100)], ids=["exact_likelihood", "bootstrap_pf"])
 def test_pmmh_is_deterministic_with_sane_acceptance_and_stats(method):
     """Same key: identical draws (the second run reuses the compiled chains); another key: other draws.
     After warm-up (target acceptance 0.2) each chain accepts within [0.05, 0.6] of its proposals on
