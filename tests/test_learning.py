@@ -211,7 +211,6 @@ def _oscillator(y=None, T=None):
     scan(step, z0, y, length=T)
 
 
-@pytest.mark.slow  # ~35 s: two fits; the default run covers the generalised M-step in test_closed_form_and_generalised_em_same_optimum
 def test_non_affine_parameters_generalised_em_and_sgd(x64):
     ssm = SSM(_oscillator)
     truth = {"rho": 0.95, "omega": 0.3, "q": 0.1, "r": 0.5}
@@ -280,6 +279,7 @@ def test_diverging_optimizer_stops_with_finite_params(x64, seed003):
     assert float(ssm.log_likelihood(params, ys)) == pytest.approx(float(-losses[-1] * ys.size), rel=1e-9)
 
 
+@pytest.mark.slow  # ~12 s; the chunking is also exercised by every default fit with its progress bar off
 def test_progress_bar_chunks_do_not_change_the_fit(x64, seed003, capsys):
     """With a bar the fit runs as several compiled chunks; the result is the one-chunk fit's."""
     ssm, _, ys, init = seed003
