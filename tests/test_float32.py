@@ -63,6 +63,7 @@ def test_ill_conditioned_models_stay_finite(p0, q, r, h_scale):
     assert np.abs(np.asarray(r32.smoothed_means) - np.asarray(r64.smoothed_means)).max() < 1e-2 * scale
 
 
+@pytest.mark.slow  # ~25 s: 50 SGD epochs in float32
 def test_fit_sgd_float32_default_filter_has_finite_gradients():
     """float32 uses the square-root filter; its factor of q I must have a finite gradient
     (eigh's is NaN for repeated eigenvalues), or fit_sgd would stop at once."""

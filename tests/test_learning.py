@@ -143,6 +143,7 @@ def test_sgd_reaches_em_optimum(x64, seed003, em_fit):
     assert final > float(lls[-1]) - 1.0
 
 
+@pytest.mark.slow  # ~15 s of fits; keeps the default run well inside its 15 minutes
 def test_frozen_sites_bit_for_bit(x64, seed003):
     ssm, true, ys, init = seed003
     start = {**init, "F": true["F"], "Q": true["Q"]}
@@ -154,6 +155,7 @@ def test_frozen_sites_bit_for_bit(x64, seed003):
         assert not np.allclose(p["H"], init["H"])
 
 
+@pytest.mark.slow  # ~15 s of fits; keeps the default run well inside its 15 minutes
 def test_batch_of_copies_equals_single_sequence(x64, seed003):
     """B identical sequences have the same EM path as one (the statistics add up)."""
     ssm, _, ys, init = seed003

@@ -95,6 +95,7 @@ def test_guided_and_auxiliary_estimates_are_unbiased(runs, name):
         assert np.var(np.asarray(result.marginal_loglik)) < 0.5 * np.var(np.asarray(run(100).marginal_loglik))
 
 
+@pytest.mark.slow  # a second filter compile (~6 s); the default run keeps the unbiasedness tests
 def test_log_likelihood_variance_falls_like_one_over_n(runs):
     _, run = runs
     v25 = np.var(np.asarray(run(25).marginal_loglik))
@@ -282,6 +283,7 @@ def test_fit_sgd_through_particle_filters_finds_the_kalman_mle(x64):
         assert np.all(err < 0.5 * se), (type(method).__name__, got, mle, se)
 
 
+@pytest.mark.slow
 def test_forecast_matches_kalman_forecast(x64):
     ssm = SSM(ar1_model)
     y = np.array([0.3, -0.5, 1.2, np.nan, 0.8, 0.1, -0.9, -0.4, 0.6, 1.5])
