@@ -49,13 +49,14 @@ def _check_gaussian(d, site, role):
         )
 
 
-def _check_affine(fn, z, x, site, role):
+def _check_affine(fn, z, x, site, role, hint=_NONLINEAR_HINT):
+    """Raise unless the Gaussian ``fn(z, x)`` has a mean affine in z and a covariance that does not read z."""
     mean = lambda z_: gaussian_moments(fn(z_, x))[0]
     if reads(lambda z_, v: jax.jvp(mean, (z_,), (v,))[1], 0, z, z):
-        raise ModelStructureError(f"the mean of the {role} site {site!r} is not affine in the state. {_NONLINEAR_HINT}")
+        raise ModelStructureError(f"the mean of the {role} site {site!r} is not affine in the state. {hint}")
     if reads(lambda z_: gaussian_moments(fn(z_, x))[1], 0, z):
         raise ModelStructureError(
-            f"the scale of the {role} site {site!r} depends on the state (state-dependent noise). {_NONLINEAR_HINT}"
+            f"the scale of the {role} site {site!r} depends on the state (state-dependent noise). {hint}"
         )
 
 

@@ -44,14 +44,15 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ..errors import ModelStructureError
 from ..learning.expected_log_joint import masked_log_prob
-from ..models.dependence import reads
 from .base import Backend, check_forecastable
 from .gaussian import conditional_moments, family_name, gaussian_moments, is_gaussian
 from .gaussian_filter import factor_or_repair
+from .kalman import _affine_parts, _check_affine
 from .linear_gaussian import moment_update
 from .resampling import RESAMPLERS, effective_sample_size, resampler
 from .results import FilterResult, Forecast, SmoothResult, _pytree_dataclass
@@ -97,11 +98,15 @@ class ParticleSmoothResult(SmoothResult, ParticleFilterResult):
     trajectories: jax.Array = None
 
 
-def _weighted_moments(particles, log_weights):
-    w = jax.nn.softmax(log_weights)
+def weighted_moments(particles, log_weights):
+    """(normalised log-weights (N,), mean (dz,), covariance (dz, dz), ESS, log of the weights' sum)
+    of particles (N, dz) with unnormalised log-weights: one exponentiation of the N weights."""
+    log_norm = jax.nn.logsumexp(log_weights)
+    log_weights = log_weights - log_norm
+    w = jnp.exp(log_weights)
     mean = w @ particles
     dev = particles - mean
-    return mean, (dev.T * w) @ dev
+    return log_weights, mean, (dev.T * w) @ dev, 1.0 / jnp.sum(w**2), log_norm
 
 
 def _takes_transition(fn) -> bool:
@@ -166,20 +171,15 @@ def _check_locally_optimal(problem):
     x = problem.xs_example()
     names = problem.names
     tr, em = problem.transition(z, x), problem.emission(z, x)
-    hint = "; pass GuidedPF(proposal=fn) with your own proposal, or use BootstrapPF / AuxiliaryPF"
+    fix = "pass GuidedPF(proposal=fn) with your own proposal, or use BootstrapPF / AuxiliaryPF"
     if not is_gaussian(tr):
         raise ModelStructureError(f"GuidedPF's locally optimal proposal needs a Gaussian transition, but the state "
-                                  f"site {names.latent!r} is a {family_name(tr)}{hint}")
+                                  f"site {names.latent!r} is a {family_name(tr)}; {fix}")
     if not is_gaussian(em):
         raise ModelStructureError(f"GuidedPF's locally optimal proposal needs a Gaussian emission, but the site "
-                                  f"{names.obs!r} is a {family_name(em)}{hint}")
-    mean = lambda z_: gaussian_moments(problem.emission(z_, x))[0]
-    if reads(lambda z_, v: jax.jvp(mean, (z_,), (v,))[1], 0, z, z):
-        raise ModelStructureError(f"GuidedPF's locally optimal proposal needs an emission mean affine in the "
-                                  f"state; the mean of {names.obs!r} is not{hint}")
-    if reads(lambda z_: gaussian_moments(problem.emission(z_, x))[1], 0, z):
-        raise ModelStructureError(f"GuidedPF's locally optimal proposal needs an emission covariance that does "
-                                  f"not depend on the state; that of {names.obs!r} does{hint}")
+                                  f"{names.obs!r} is a {family_name(em)}; {fix}")
+    hint = f"GuidedPF's locally optimal proposal needs a linear Gaussian emission: {fix}"
+    _check_affine(problem.emission, z, x, names.obs, "emission", hint)
 
 
 def locally_optimal_move(problem, dtype):
@@ -189,11 +189,10 @@ def locally_optimal_move(problem, dtype):
 
     def move(key, z_prev, xs_t, y):
         m, Q = gaussian_moments(problem.transition(z_prev, xs_t))
-        emission_mean = lambda z_: gaussian_moments(problem.emission(z_, xs_t))[0]
-        H = jax.jacfwd(emission_mean)(m)
-        y_mean, R = gaussian_moments(problem.emission(m, xs_t))
+        # y = H z + d + N(0, R), read at z = 0: under vmap over particles this is computed once per step
+        H, d, R = _affine_parts(problem.emission, jnp.zeros(dz, dtype), xs_t)
         QH = Q @ H.T
-        mean, cov, log_alpha = moment_update(m, Q, y, y_mean, H @ QH + R, QH)
+        mean, cov, log_alpha = moment_update(m, Q, y, H @ m + d, H @ QH + R, QH)
         L = factor_or_repair(cov)[0]  # singular when some state component is observed exactly
         z = mean + L @ jax.random.normal(key, (dz,), dtype)
         return z.astype(dtype), log_alpha
@@ -250,16 +249,6 @@ def particle_filter(problem, key, num_particles: int, move=None, log_eta=_no_loo
     guided = move is not None
     move = move if guided else blind
 
-    def moments(particles, log_weights):
-        """Normalised log-weights, weighted mean and covariance, ESS and the log normaliser:
-        one exponentiation of the N weights."""
-        log_norm = jax.nn.logsumexp(log_weights)
-        log_weights = log_weights - log_norm
-        w = jnp.exp(log_weights)
-        mean = w @ particles
-        dev = particles - mean
-        return log_weights, mean, (dev.T * w) @ dev, 1.0 / jnp.sum(w**2), log_norm
-
     def step(carry, inputs):
         particles, log_w, ess = carry
         k, y, xs_t = inputs
@@ -291,8 +280,8 @@ def particle_filter(problem, key, num_particles: int, move=None, log_eta=_no_loo
                 lambda: jax.vmap(move, (0, 0, None, None))(keys, parents, xs_t, y))
         else:
             particles, log_alpha = jax.vmap(move, (0, 0, None, None))(keys, parents, xs_t, y)
-        _, pred_mean, pred_cov, _, _ = moments(particles, log_omega)
-        log_w, mean, cov, ess, ll = moments(particles, log_omega + log_alpha)
+        _, pred_mean, pred_cov, _, _ = weighted_moments(particles, log_omega)
+        log_w, mean, cov, ess, ll = weighted_moments(particles, log_omega + log_alpha)
         out = (mean, cov, pred_mean, pred_cov, ll, ess, do_resample)
         if keep_particles:
             out = out + (particles, log_w, ancestors)
@@ -319,7 +308,7 @@ def particle_forecast(problem, particles, log_weights, xs_t, num_steps: int, key
     def step(z, k):
         z = jax.vmap(lambda k_, zp: _flat_sample(problem.transition(zp, xs_t), k_, dz, dtype))(
             jax.random.split(k, z.shape[0]), z)
-        m, P = _weighted_moments(z, log_weights)
+        _, m, P, _, _ = weighted_moments(z, log_weights)
         y_means, y_covs = jax.vmap(lambda z_: conditional_moments(problem.emission(z_, xs_t)))(z)
         y_mean = w @ y_means
         dev = y_means - y_mean
@@ -332,8 +321,6 @@ def particle_forecast(problem, particles, log_weights, xs_t, num_steps: int, key
 
 def first_impossible_step(log_predictive) -> Optional[int]:
     """1-based index of the first step whose likelihood estimate is zero or not finite, or None."""
-    import numpy as np
-
     bad = ~np.isfinite(np.asarray(log_predictive))
     return int(np.argmax(bad)) + 1 if bad.any() else None
 

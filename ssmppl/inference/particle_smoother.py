@@ -18,8 +18,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .results import FilterResult
-
 
 def _with_initial(problem, filtered):
     """Particles (T+1, N, dz) and normalised log-weights (T+1, N), z_0 first (uniform weights)."""
@@ -62,7 +60,8 @@ def lineages(filtered):
         particles, ancestors = inputs
         return ancestors[idx], particles[idx]
 
-    idx0, path = lax.scan(back, jnp.arange(N, dtype=filtered.ancestors.dtype), (filtered.particles, filtered.ancestors), reverse=True)
+    last = jnp.arange(N, dtype=filtered.ancestors.dtype)
+    idx0, path = lax.scan(back, last, (filtered.particles, filtered.ancestors), reverse=True)
     return jnp.concatenate([filtered.initial_particles[idx0][:, None], jnp.swapaxes(path, 0, 1)], axis=1)
 
 
@@ -70,8 +69,13 @@ def backward_trajectories(problem, filtered, key, num_paths: int, method: str):
     """(M, T, dz) smoothed paths z_{1:T} by ``method`` ("ffbsi" or "genealogy")."""
     if method == "ffbsi":
         return ffbsi(problem, filtered, key, num_paths)[:, 1:]
+    return _draw_lineages(lineages(filtered), filtered, key, num_paths)
+
+
+def _draw_lineages(all_paths, filtered, key, num_paths: int):
+    """(M, T, dz): M of the N lineages (N, T+1, dz), drawn by their final weights, without z_0."""
     pick = jax.random.categorical(key, filtered.log_weights[-1], shape=(num_paths,))
-    return lineages(filtered)[pick, 1:]
+    return all_paths[pick, 1:]
 
 
 def _path_moments(paths, w):
@@ -85,7 +89,7 @@ def _path_moments(paths, w):
 
 def particle_smooth(problem, filtered, key, method: str, num_paths: int, keep_particles: bool):
     """A ``ParticleSmoothResult`` from a filter run with its particles kept."""
-    from .particle import ParticleSmoothResult
+    from .particle import ParticleFilterResult, ParticleSmoothResult
 
     if method == "ffbsi":
         paths = ffbsi(problem, filtered, key, num_paths)
@@ -97,13 +101,12 @@ def particle_smooth(problem, filtered, key, method: str, num_paths: int, keep_pa
     else:
         all_paths = lineages(filtered)
         mean, cov, cross = _path_moments(all_paths, jax.nn.softmax(filtered.log_weights[-1]))
-        pick = jax.random.categorical(key, filtered.log_weights[-1], shape=(num_paths,))
-        trajectories = all_paths[pick, 1:]
-    base = {f: getattr(filtered, f) for f in FilterResult.__dataclass_fields__}
-    stored = {f: getattr(filtered, f) if keep_particles else None
-              for f in ("particles", "log_weights", "ancestors", "initial_particles")}
-    stored.update(final_particles=filtered.final_particles, final_log_weights=filtered.final_log_weights)
+        trajectories = _draw_lineages(all_paths, filtered, key, num_paths)
+    # the filter's fields; the stored particles only when the user asked for them
+    base = {f: getattr(filtered, f) for f in ParticleFilterResult.__dataclass_fields__}
+    if not keep_particles:
+        base.update(particles=None, log_weights=None, ancestors=None, initial_particles=None)
     return ParticleSmoothResult(**base, smoothed_means=mean[1:], smoothed_covariances=cov[1:],
                                 smoothed_cross_covariances=cross[1:], initial_smoothed_mean=mean[0],
                                 initial_smoothed_covariance=cov[0], initial_cross_covariance=cross[0],
-                                ess=filtered.ess, resampled=filtered.resampled, trajectories=trajectories, **stored)
+                                trajectories=trajectories)
