@@ -160,17 +160,19 @@ def sample_posterior(ssm, key, args, kwargs, num_warmup=1000, num_samples=1000, 
     _validate(ssm, key, setup, method, args, kwargs)
     if method is not None and method.noisy_likelihood:
         # A random likelihood estimate (particle filter): particle marginal Metropolis-Hastings, not NUTS.
-        from .pmmh import sample_posterior_pmmh
+        from .pmmh import pmmh_draws
 
-        return sample_posterior_pmmh(ssm, key, args, kwargs, setup, method, num_warmup, num_samples, num_chains,
-                                     chain_method, progress_bar, backend, target_accept_prob, dense_mass,
-                                     max_tree_depth)
-    model = sampler_model(ssm, setup, method)
-    run = _run_numpyro if backend == "numpyro" else _run_blackjax
-    draws, stats = run(model, key, args, kwargs, num_warmup, num_samples, num_chains, chain_method, progress_bar,
-                       target_accept_prob, dense_mass, max_tree_depth)
+        draws, stats, sampler = pmmh_draws(ssm, key, args, kwargs, setup, method, num_warmup, num_samples,
+                                           num_chains, chain_method, progress_bar, target_accept_prob, dense_mass,
+                                           max_tree_depth)
+    else:
+        model = sampler_model(ssm, setup, method)
+        run = _run_numpyro if backend == "numpyro" else _run_blackjax
+        draws, stats = run(model, key, args, kwargs, num_warmup, num_samples, num_chains, chain_method,
+                           progress_bar, target_accept_prob, dense_mass, max_tree_depth)
+        sampler = f"{backend} NUTS, " + (f"marginalised by {type(method).__name__}" if method is not None else
+                                         "joint")
     samples, deterministic, states = _split_draws(draws, setup, method)
-    sampler = f"{backend} NUTS, " + (f"marginalised by {type(method).__name__}" if method is not None else "joint")
     posterior = Posterior(ssm=ssm, args=tuple(args), kwargs=dict(kwargs), samples=samples, sample_stats=stats,
                           fixed=setup.fixed, method=method, sampler=sampler, states=states,
                           deterministic=deterministic)

@@ -77,7 +77,6 @@ from jax.flatten_util import ravel_pytree
 
 from .._jit import jit_by_arrays
 from .model_setup import SamplerSetup, sampler_model
-from .posterior import Posterior
 
 TARGET_ACCEPTANCE = 0.2
 NUM_LOGLIK_EVALS = 16
@@ -283,23 +282,17 @@ def run_pmmh(ssm, key, args, kwargs, setup, method, num_warmup, num_samples, num
     return {k: np.asarray(v) for k, v in draws.items()}, stats, np.asarray(step_sd)
 
 
-def sample_posterior_pmmh(ssm, key, args, kwargs, setup, method, num_warmup, num_samples, num_chains,
-                          chain_method, progress_bar, backend, target_accept_prob, dense_mass, max_tree_depth):
-    """``sample_posterior`` for a backend with a noisy likelihood; see the module docstring."""
-    from .nuts import _split_draws
-
+def pmmh_draws(ssm, key, args, kwargs, setup, method, num_warmup, num_samples, num_chains, chain_method,
+               progress_bar, target_accept_prob, dense_mass, max_tree_depth):
+    """``sample_posterior``'s draws for a backend with a noisy likelihood (see the module docstring):
+    (draws {name: (C, D, ...)}, sample stats, sampler description). Warns when the estimate is too noisy."""
     _reject_nuts_options({"target_accept_prob": target_accept_prob, "dense_mass": dense_mass,
-                                   "max_tree_depth": max_tree_depth})
+                          "max_tree_depth": max_tree_depth})
     if progress_bar:
         print(f"PMMH ({type(method).__name__}): {num_chains} chain(s), {num_warmup} warmup + {num_samples} draws ...",
               flush=True)
     draws, stats, _ = run_pmmh(ssm, key, args, kwargs, setup, method, num_warmup, num_samples, num_chains,
                                chain_method)
-    samples, deterministic, _ = _split_draws(draws, setup, method)
-    sampler = f"PMMH (blackjax random walk), marginalised by {type(method).__name__}"
-    posterior = Posterior(ssm=ssm, args=tuple(args), kwargs=dict(kwargs), samples=samples, sample_stats=stats,
-                          fixed=setup.fixed, method=method, sampler=sampler, states=None,
-                          deterministic=deterministic)
     sd = stats["loglik_sd"][:, 0]
     if not np.all(sd <= LOGLIK_SD_WARN):
         n = getattr(method, "num_particles", None)
@@ -310,7 +303,7 @@ def sample_posterior_pmmh(ssm, key, args, kwargs, setup, method, num_warmup, num
             f"evaluations at the end of warm-up): above {LOGLIK_SD_WARN:g}, PMMH chains stick for long "
             "stretches. Use more particles (the sd falls like 1/sqrt(N)); aim at about 1 to 1.5",
             PMMHWarning, stacklevel=3)
-    return posterior
+    return draws, stats, f"PMMH (blackjax random walk), marginalised by {type(method).__name__}"
 
 
-__all__ = ["sample_posterior_pmmh", "run_pmmh", "warmup_windows", "PMMHWarning", "TARGET_ACCEPTANCE"]
+__all__ = ["pmmh_draws", "run_pmmh", "warmup_windows", "PMMHWarning", "TARGET_ACCEPTANCE"]
