@@ -2,11 +2,11 @@
 
 from . import inference, models
 from .errors import ModelStructureError, ObservationShapeError
-from .inference import EKF, UKF, AuxiliaryPF, BootstrapPF, GaussHermite, GuidedPF, Kalman, MomentMatching
+from .inference import EKF, UKF, AuxiliaryPF, BootstrapPF, EnKF, GaussHermite, GuidedPF, Kalman, Localization, MomentMatching
 from .marginal import marginalize
 from .ssm import SSM
 
 __version__ = "0.1.0"
 
 __all__ = ["SSM", "marginalize", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "BootstrapPF", "GuidedPF",
-           "AuxiliaryPF", "inference", "models", "ModelStructureError", "ObservationShapeError"]
+           "AuxiliaryPF", "EnKF", "Localization", "inference", "models", "ModelStructureError", "ObservationShapeError"]

@@ -1,11 +1,15 @@
 """Inference backends. Each is a marginaliser: it integrates the latent path out."""
 
 from .base import Backend
+from .ensemble import EnKF, EnsembleFilterResult, EnsembleSmoothResult
+from .inflation import RTPP, RTPS, Adaptive, Additive, Multiplicative
 from .kalman import Kalman, linear_gaussian_params
+from .localization import Localization
 from .nonlinear import EKF, UKF, GaussHermite, MomentMatching
 from .particle import AuxiliaryPF, BootstrapPF, GuidedPF, ParticleFilterResult, ParticleSmoothResult
 from .results import FilterResult, Forecast, SmoothResult
 
 __all__ = ["Backend", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "BootstrapPF", "GuidedPF",
-           "AuxiliaryPF", "linear_gaussian_params", "FilterResult", "SmoothResult", "Forecast", "ParticleFilterResult",
+           "AuxiliaryPF", "EnKF", "Localization", "Multiplicative", "Additive", "RTPS", "RTPP", "Adaptive",
+           "EnsembleFilterResult", "EnsembleSmoothResult", "linear_gaussian_params", "FilterResult", "SmoothResult", "Forecast", "ParticleFilterResult",
            "ParticleSmoothResult"]
