@@ -220,7 +220,7 @@ class SSM:
     # -- learning parameters -------------------------------------------------
     def fit_em(self, params, *args, num_iters: int = 100, method: Backend = Kalman(), frozen=(), tol=None,
                progress_bar: bool = True, m_step: str = "auto", m_step_iters: int = 15, m_step_optimizer=None,
-               **kwargs):
+               key=None, **kwargs):
         """Fit the global sites by expectation-maximisation; returns ``(params, log_liks (n,))``.
 
         ``params``: starting values (missing ``numpyro.param`` sites take their
@@ -243,12 +243,16 @@ class SSM:
 
         If the log-likelihood turns non-finite, EM stops with a ``RuntimeWarning`` and
         returns the last parameters whose log-likelihood was finite.
+
+        ``key``: needed by sampling backends (``EnKF``); their smoother then runs with
+        this same key at every iteration (common random numbers), so EM climbs one
+        fixed Monte Carlo surrogate of the likelihood.
         """
         from .learning.em import fit_em
 
         return fit_em(self, params, args, kwargs, num_iters=num_iters, method=_check_method(method), frozen=frozen,
                       tol=tol, progress_bar=progress_bar, m_step=m_step, m_step_iters=m_step_iters,
-                      m_step_optimizer=m_step_optimizer)
+                      m_step_optimizer=m_step_optimizer, key=key)
 
     def fit_sgd(self, params, *args, optimizer=None, num_epochs: int = 1000, method: Backend = Kalman(), frozen=(),
                 batch_size=None, key=None, progress_bar: bool = True, **kwargs):
@@ -277,7 +281,7 @@ class SSM:
                          method: Optional[Backend] = Kalman(), backend: str = "numpyro",
                          chain_method: str = "vectorized", progress_bar: bool = True, params=None,
                          target_accept_prob: float = 0.8, dense_mass: bool = False, max_tree_depth: int = 10,
-                         **kwargs):
+                         init_params=None, **kwargs):
         """NUTS (or PMMH, see below) on the model's global ``numpyro.sample`` sites; returns a
         ``ssmppl.bayes.Posterior``.
 
@@ -288,7 +292,9 @@ class SSM:
         after ``blackjax.window_adaptation``, on the same log density).
         ``chain_method``: "vectorized" (chains vmapped on one device), "sequential",
         or "parallel" (numpyro: one chain per device; blackjax: chains sharded over
-        devices). ``params``: values of global sites held fixed (``numpyro.param``
+        devices). ``init_params``: {site: value} to start every chain from (NUTS; by default
+        NumPyro's uniform(-2, 2) in the unconstrained space, which is far from the mass
+        for sharp likelihoods such as a chaotic model's). ``params``: values of global sites held fixed (``numpyro.param``
         sites, which are always fixed, default to their initial values; sample sites
         given here are conditioned on). Divergent transitions are counted in
         ``posterior.sample_stats['diverging']`` and raise a ``DivergenceWarning``.
@@ -303,6 +309,11 @@ class SSM:
         warm-up; above 2 a ``PMMHWarning`` asks for more particles). ``backend`` is
         then unused; changing the NUTS options ``target_accept_prob``, ``dense_mass``
         or ``max_tree_depth`` raises a ``ValueError``.
+
+        An ensemble Kalman filter (``method=EnKF(...)``) drives NUTS: its likelihood is a
+        smooth function of the parameters for a fixed key, and the sampler holds one
+        fixed key (common random numbers), so the draws target the posterior under that
+        Gaussian-approximation likelihood.
         """
         from .bayes.nuts import sample_posterior
 
@@ -311,7 +322,7 @@ class SSM:
         return sample_posterior(self, key, args, kwargs, num_warmup=num_warmup, num_samples=num_samples,
                                 num_chains=num_chains, method=method, backend=backend, chain_method=chain_method,
                                 progress_bar=progress_bar, params=params, target_accept_prob=target_accept_prob,
-                                dense_mass=dense_mass, max_tree_depth=max_tree_depth)
+                                dense_mass=dense_mass, max_tree_depth=max_tree_depth, init_params=init_params)
 
     def fit_svi(self, key, *args, guide="normal", optimizer=None, num_steps: int = 5000,
                 method: Optional[Backend] = Kalman(), num_samples: int = 1000, num_particles: int = 1,

@@ -145,6 +145,10 @@ def sampler_model(ssm, setup: SamplerSetup, method):
     with fixed sites substituted or conditioned on."""
     if method is not None:
         model = marginalize(ssm.model, method, latent=ssm.latent, obs=ssm.obs)
+        if method.requires_key and not method.noisy_likelihood:
+            # A sampling backend whose likelihood is a smooth surrogate for a fixed key (EnKF): one fixed
+            # key (common random numbers) makes the log density deterministic, so NUTS can use it.
+            model = handlers.seed(model, rng_seed=0)
     else:
         model = _MaskMissingInScan(ssm.model, obs_site=setup.names.obs)
     observed = {k: v for k, v in setup.fixed.items() if k in setup.conditioned}

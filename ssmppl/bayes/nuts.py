@@ -30,11 +30,18 @@ def _tree_depth(n_steps):
     return np.floor(np.log2(np.maximum(np.asarray(n_steps), 1))).astype(np.int64) + 1
 
 
+def _init_strategy(init_params):
+    from numpyro.infer import init_to_uniform, init_to_value
+
+    return init_to_uniform if not init_params else init_to_value(values=dict(init_params))
+
+
 def _run_numpyro(model, key, args, kwargs, num_warmup, num_samples, num_chains, chain_method, progress_bar,
-                 target_accept_prob, dense_mass, max_tree_depth):
+                 target_accept_prob, dense_mass, max_tree_depth, init_params=None):
     from numpyro.infer import MCMC, NUTS
 
-    kernel = NUTS(model, target_accept_prob=target_accept_prob, dense_mass=dense_mass, max_tree_depth=max_tree_depth)
+    kernel = NUTS(model, target_accept_prob=target_accept_prob, dense_mass=dense_mass, max_tree_depth=max_tree_depth,
+                  init_strategy=_init_strategy(init_params))
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method=chain_method, progress_bar=progress_bar)
     with warnings.catch_warnings():
@@ -68,14 +75,14 @@ def _chain_sharding(num_chains):
 
 
 def _run_blackjax(model, key, args, kwargs, num_warmup, num_samples, num_chains, chain_method, progress_bar,
-                  target_accept_prob, dense_mass, max_tree_depth):
+                  target_accept_prob, dense_mass, max_tree_depth, init_params=None):
     import blackjax
     from blackjax.adaptation.base import get_filter_adapt_info_fn
     from numpyro.infer.util import initialize_model
 
     k_init, k_run = jax.random.split(key)
     info = initialize_model(jax.random.split(k_init, num_chains), model, model_args=args, model_kwargs=kwargs,
-                            dynamic_args=False)
+                            dynamic_args=False, init_strategy=_init_strategy(init_params))
     potential_fn, postprocess_fn = info.potential_fn, info.postprocess_fn
     positions = info.param_info.z
 
@@ -146,7 +153,7 @@ def _validate(ssm, key, setup, method, args, kwargs):
 
 def sample_posterior(ssm, key, args, kwargs, num_warmup=1000, num_samples=1000, num_chains=4, method=None,
                      backend="numpyro", chain_method="vectorized", progress_bar=True, params=None,
-                     target_accept_prob=0.8, dense_mass=False, max_tree_depth=10) -> Posterior:
+                     target_accept_prob=0.8, dense_mass=False, max_tree_depth=10, init_params=None) -> Posterior:
     """See ``SSM.sample_posterior``."""
     if backend not in ("numpyro", "blackjax"):
         raise ValueError(f"backend must be 'numpyro' or 'blackjax', got {backend!r}")
@@ -158,7 +165,14 @@ def sample_posterior(ssm, key, args, kwargs, num_warmup=1000, num_samples=1000, 
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     setup = sampler_setup(ssm, args, kwargs, params)
     _validate(ssm, key, setup, method, args, kwargs)
+    if init_params is not None:
+        unknown = sorted(set(init_params) - set(setup.inferred))
+        if unknown:
+            raise ValueError(f"init_params names {unknown}, which are not global sample sites "
+                             f"sampled by NUTS ({list(setup.inferred)})")
     if method is not None and method.noisy_likelihood:
+        if init_params is not None:
+            raise ValueError("init_params is not supported by PMMH (noisy-likelihood backends) yet")
         # A random likelihood estimate (particle filter): particle marginal Metropolis-Hastings, not NUTS.
         from .pmmh import pmmh_draws
 
@@ -169,7 +183,7 @@ def sample_posterior(ssm, key, args, kwargs, num_warmup=1000, num_samples=1000, 
         model = sampler_model(ssm, setup, method)
         run = _run_numpyro if backend == "numpyro" else _run_blackjax
         draws, stats = run(model, key, args, kwargs, num_warmup, num_samples, num_chains, chain_method,
-                           progress_bar, target_accept_prob, dense_mass, max_tree_depth)
+                           progress_bar, target_accept_prob, dense_mass, max_tree_depth, init_params)
         sampler = f"{backend} NUTS, " + (f"marginalised by {type(method).__name__}" if method is not None else
                                          "joint")
     samples, deterministic, states = _split_draws(draws, setup, method)

@@ -14,7 +14,6 @@ memory. A fixed lag L conditions state s on y_{1:s+L} only.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 

@@ -44,12 +44,13 @@ class _EMPlan:
     m_step_optimizer: Any
 
 
-def _e_step(plan, params, args, kwargs):
+def _e_step(plan, params, args, kwargs, key):
     """Per sequence: (log-likelihood, log prior, what the M-step needs)."""
+    keys = jax.random.split(key, plan.layout.num_sequences) if plan.method.requires_key else None
 
-    def one(_, *a, **k):
+    def one(seq_key, *a, **k):
         problem, outer = plan.layout.ssm._trace(params, a, k)
-        smoothed = plan.method.smooth(problem, None)
+        smoothed = plan.method.smooth(problem, seq_key)
         if plan.closed_form:
             u = problem.xs[1] if plan.input_dim else None
             dyn = dynamics_statistics(smoothed, u)
@@ -60,7 +61,7 @@ def _e_step(plan, params, args, kwargs):
             extra = cubature_points(smoothed, problem.initial is not None)
         return smoothed.marginal_loglik, log_prior(outer, problem.names), extra
 
-    return plan.layout.per_sequence(one, args, kwargs)
+    return plan.layout.per_sequence(one, args, kwargs, keys)
 
 
 _NEWTON_MAX_SIZE = 300  # free scalars up to which the M-step uses exact Newton steps
@@ -145,8 +146,8 @@ def _generalised_mstep(plan, params, points, args, kwargs):
 
 
 def _em_iteration(plan, state, args, kwargs):
-    params, good, prev_ll, status, count = state
-    lls, priors, extra = _e_step(plan, params, args, kwargs)
+    params, good, prev_ll, status, count, key = state
+    lls, priors, extra = _e_step(plan, params, args, kwargs, key)
     ll = lls.sum() + priors[0]
     if plan.closed_form:
         dyn, emis, init = extra
@@ -164,7 +165,7 @@ def _em_iteration(plan, state, args, kwargs):
     ll = ll.astype(prev_ll.dtype)
     good = jax.tree.map(lambda p, g: jnp.where(ok, p, g), params, good)
     params = jax.tree.map(lambda n, g: jnp.where(new_ok, n, g), new, good)
-    return (params, good, ll, status, count + 1), ll
+    return (params, good, ll, status, count + 1, key), ll
 
 
 def _em_chunk(plan, state, start, args, kwargs):
@@ -181,7 +182,7 @@ def _is_builtin_lgssm(model):
 
 
 def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol=None, progress_bar=True,
-           m_step="auto", m_step_iters=15, m_step_optimizer=None):
+           m_step="auto", m_step_iters=15, m_step_optimizer=None, key=None):
     """See ``SSM.fit_em``."""
     if not isinstance(num_iters, int) or num_iters < 1:
         raise ValueError(f"num_iters must be a positive int, got {num_iters!r}")
@@ -191,6 +192,8 @@ def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol
         raise ValueError(f"m_step_optimizer must be 'newton', 'lbfgs' or an optax optimiser, got {m_step_optimizer!r}")
     if m_step not in ("auto", "closed_form", "generalised"):
         raise ValueError(f"m_step must be 'auto', 'closed_form' or 'generalised', got {m_step!r}")
+    if method.requires_key and key is None:
+        raise ValueError(f"{type(method).__name__} samples: pass key=jax.random.PRNGKey(...) to fit_em")
     layout, sites, full, frozen, num_observed = prepare(ssm, params, args, kwargs, frozen, method)
     builtin = _is_builtin_lgssm(ssm.model)
     if m_step == "closed_form" and not builtin:
@@ -203,14 +206,17 @@ def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol
                    None if tol is None else float(tol), chunk_size(num_iters, progress_bar), num_observed,
                    m_step_iters, m_step_optimizer)
     dtype = jnp.result_type(*full.values(), float)
-    state = (full, full, jnp.asarray(jnp.nan, dtype), jnp.asarray(RUNNING), jnp.asarray(0))
+    # A sampling backend's smoother runs with the same key every iteration (common random numbers):
+    # EM then climbs one fixed surrogate of the likelihood instead of a noisy one.
+    key = jax.random.PRNGKey(0) if key is None else key
+    state = (full, full, jnp.asarray(jnp.nan, dtype), jnp.asarray(RUNNING), jnp.asarray(0), key)
 
     def run_chunk(state, start):
         return jit_by_arrays(_em_chunk, plan, state, jnp.asarray(start), args, kwargs)
 
     state, lls = run_in_chunks(run_chunk, state, num_iters, progress_bar, "EM", lambda s: s[3],
                                lambda v: f"log-lik {v:.4g}")
-    params_out, _, _, status, count = state
+    params_out, _, _, status, count, _ = state
     lls = jnp.asarray(lls[: int(count)])
     if int(status) == DIVERGED:
         bad = int(count)
