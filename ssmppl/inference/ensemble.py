@@ -78,7 +78,8 @@ class EnsembleFilterResult(FilterResult):
 
       filtered_spread, predicted_spread: (T,)  RMS ensemble spread sqrt(mean_j var_j) after / before
                                                each analysis (the spread DAPPER reports)
-      filtered_variances: (T, d)               per-component analysis variances
+      filtered_variances: (T, d)               per-component analysis variances (None with
+                                               ``store_covariances=False``)
       innovation_chi2: (T,)                    d_t^T (H P^f H^T + R)^{-1} d_t, chi^2 with
                                                ``num_observed`` dof for a consistent filter
       num_observed: (T,)                       observed components at each step
@@ -423,8 +424,9 @@ def ensemble_filter(problem, key, settings: "EnKF", keep_ensembles=False, covari
         Xa = Xa_full[:, :d]
         var_f, cov_f = _moments(mean_f[:d], A_f[:, :d], covariances)
         var_a, cov_a = _moments(mean_a[:d], A_a[:, :d], covariances)
-        out = dict(mf=mean_a[:d], Pf=cov_a, mp=mean_f[:d], Pp=cov_f, ll=log_pred, chi2=chi2, m=m,
-                   var_a=var_a, spread_a=jnp.sqrt(var_a.mean()), spread_f=jnp.sqrt(var_f.mean()), factor=factor)
+        out = dict(mf=mean_a[:d], Pf=cov_a, mp=mean_f[:d], Pp=cov_f, ll=log_pred, chi2=chi2, m=m, factor=factor,
+                   var_a=var_a if covariances else None, spread_a=jnp.sqrt(var_a.mean()),
+                   spread_f=jnp.sqrt(var_f.mean()))
         if keep_ensembles:
             out.update(Xa=Xa, Xf=Xf)
         if transforms:
@@ -458,7 +460,8 @@ class EnKF(Backend):
     rotate: a random mean-preserving rotation of the analysis anomalies each cycle.
     lag: the smoother's fixed lag (None: condition every state on all observations).
     keep_ensembles: store the (T, N, d) forecast and analysis members in the result.
-    store_covariances: False leaves the (T, d, d) covariance fields None (large d).
+    store_covariances: False leaves the (T, d, d) covariance and (T, d) variance fields None
+        (large d: memory O(T + N d) then, plus the (T, d) means).
 
     Needs a ``key``; the same key gives the same result. ``log_likelihood`` is the
     Gaussian-approximation estimate described in the module docstring.
