@@ -2,7 +2,8 @@
 
 from . import inference, models
 from .errors import ModelStructureError, ObservationShapeError
-from .inference import EKF, UKF, AuxiliaryPF, BootstrapPF, EnKF, GaussHermite, GuidedPF, Kalman, Localization, MomentMatching
+from .inference import (EKF, UKF, AuxiliaryPF, BootstrapPF, EnKF, GaussHermite, GuidedPF, Kalman, Localization,
+                        MomentMatching)
 from .marginal import marginalize
 from .ssm import SSM
 

@@ -294,9 +294,9 @@ class SSM:
         or "parallel" (numpyro: one chain per device; blackjax: chains sharded over
         devices). ``init_params``: {site: value} to start every chain from (NUTS; by default
         NumPyro's uniform(-2, 2) in the unconstrained space, which is far from the mass
-        for sharp likelihoods such as a chaotic model's). ``params``: values of global sites held fixed (``numpyro.param``
-        sites, which are always fixed, default to their initial values; sample sites
-        given here are conditioned on). Divergent transitions are counted in
+        for sharp likelihoods such as a chaotic model's). ``params``: values of global
+        sites held fixed (``numpyro.param`` sites, which are always fixed, default to their
+        initial values; sample sites given here are conditioned on). Divergent transitions are counted in
         ``posterior.sample_stats['diverging']`` and raise a ``DivergenceWarning``.
 
         A backend with a noisy likelihood (``method.noisy_likelihood``: particle

@@ -11,5 +11,5 @@ from .results import FilterResult, Forecast, SmoothResult
 
 __all__ = ["Backend", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "BootstrapPF", "GuidedPF",
            "AuxiliaryPF", "EnKF", "Localization", "Multiplicative", "Additive", "RTPS", "RTPP", "Adaptive",
-           "EnsembleFilterResult", "EnsembleSmoothResult", "linear_gaussian_params", "FilterResult", "SmoothResult", "Forecast", "ParticleFilterResult",
-           "ParticleSmoothResult"]
+           "EnsembleFilterResult", "EnsembleSmoothResult", "linear_gaussian_params", "FilterResult", "SmoothResult",
+           "Forecast", "ParticleFilterResult", "ParticleSmoothResult"]
