@@ -1,6 +1,6 @@
 """ssmppl: state-space models written as NumPyro programs, with pluggable inference backends."""
 
-from . import inference, models
+from . import diagnostics, inference, models
 from .errors import ModelStructureError, ObservationShapeError
 from .inference import (EKF, UKF, AuxiliaryPF, BootstrapPF, EnKF, GaussHermite, GuidedPF, Kalman, Localization,
                         MomentMatching)
@@ -10,4 +10,4 @@ from .ssm import SSM
 __version__ = "0.1.0"
 
 __all__ = ["SSM", "marginalize", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "BootstrapPF", "GuidedPF",
-           "AuxiliaryPF", "EnKF", "Localization", "inference", "models", "ModelStructureError", "ObservationShapeError"]
+           "AuxiliaryPF", "EnKF", "Localization", "diagnostics", "inference", "models", "ModelStructureError", "ObservationShapeError"]
