@@ -13,7 +13,8 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.
 # a dozen filters, smoothers and an SGD fit (~1.5 min), the EM/SGD notebook a dozen fits (~1 min,
 # each fit also tested in test_learning.py), the particle-filter notebook 300 filter runs and a PMMH
 # chain (~4 min): they run in the slow set, to keep the default run within its 15 minutes.
-HEAVY = {"02_em_and_sgd.ipynb", "03_bayesian_ssm.ipynb", "04_nonlinear_filters.ipynb", "05_particle_filters.ipynb"}
+HEAVY = {"02_em_and_sgd.ipynb", "03_bayesian_ssm.ipynb", "04_nonlinear_filters.ipynb", "05_particle_filters.ipynb",
+         "06_ensemble_da.ipynb"}
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.name in HEAVY else p for p in NOTEBOOKS],
@@ -50,6 +51,25 @@ def test_notebook_runs(path):
         aux = np.median(np.asarray(namespace["results"]["auxiliary"].marginal_loglik))
         assert abs(aux - boot["mean log-lik"]) < 1.0
         assert namespace["posterior"].samples["rho"].shape == (4, 600)
+    # the ensemble-DA notebook: DAPPER's published Lorenz-96 RMSEs (4,000 scored cycles: the run-to-run sd
+    # is <= 0.005 over truths, so 0.03 is a 6-sd margin), inflation beats none, localisation beats global
+    if path.name == "06_ensemble_da.ipynb":
+        import numpy as np
+
+        ns = namespace
+        t = ns["table"]
+        for name, dapper in (("ETKF", 0.18), ("EnKF", 0.22), ("LETKF", 0.22)):
+            assert abs(t.loc[name, "RMSE"] - dapper) < 0.03, (name, t.loc[name, "RMSE"])
+        # the stored innovation statistic is the chi2 of the innovations against H P^f H^T + R
+        assert abs(float(ns["check"].normalized) - t.loc["ETKF", "innovation chi2/dof"]) < 1e-8
+        inflation = ns["sweep_inflation"]
+        assert min(inflation.values()) < inflation[1.0]
+        assert ns["no_inflation_health"].diverged
+        assert ns["inflation_rows"][ns["best_factor"]]["healthy runs"] == "2/2"
+        radius = ns["sweep_radius"]
+        best = min(radius.values())
+        assert best < radius[1] and best < ns["etkf7_rmse"]
+        assert np.isfinite(ns["factor_used"]) and ns["factor_used"] >= 1.0
     # the Bayesian notebook: converged chains, and posteriors that agree with the MLE, the truth and each other
     if path.name == "03_bayesian_ssm.ipynb":
         import arviz as az
