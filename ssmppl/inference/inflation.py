@@ -14,8 +14,11 @@ every kind keeps them so (the analysis mean is unchanged).
                            component's anomalies scale by alpha s_f / s_a + 1 - alpha.
   Adaptive(...)            multiplicative with a factor estimated from the innovations
                            (Li, Kalnay & Miyoshi 2009): lambda^2 = (d'd - m) / tr(S'S/(N-1))
-                           in observation space whitened by R, clipped to [1, max_factor^2],
-                           and relaxed over time with weight ``relaxation``.
+                           in observation space whitened by R, relaxed over time with weight
+                           ``relaxation`` (factor^2 <- (1 - w) factor^2 + w lambda^2), then
+                           clipped to [1, max_factor^2]. The single-step estimates are noisy
+                           and often below 1; clipping them before the average would bias
+                           the factor upwards, so only the average is clipped.
 
 Several kinds combine as a tuple, applied in order.
 """
@@ -133,9 +136,8 @@ def adaptive_of(kinds):
 def update_adaptive(kind: Adaptive, factor, dd, m, trace_ss, N):
     """New adaptive factor from one step's whitened innovation d'd, observed count m and tr(S'S)."""
     lam2 = (dd - m) / jnp.maximum(trace_ss / (N - 1), jnp.finfo(dd.dtype).tiny)
-    lam2 = jnp.clip(lam2, 1.0, kind.max_factor ** 2)
-    new = jnp.sqrt((1 - kind.relaxation) * factor ** 2 + kind.relaxation * lam2)
-    return jnp.where(m > 0, new, factor)
+    new2 = jnp.clip((1 - kind.relaxation) * factor ** 2 + kind.relaxation * lam2, 1.0, kind.max_factor ** 2)
+    return jnp.where(m > 0, jnp.sqrt(new2), factor)
 
 
 def inflate(kinds, A_f, A_a, key, info):
