@@ -99,3 +99,14 @@ def brute_force(m0, P0, F, c, Q, H, d, R, ys):
     out["initial_smoothed_covariance"] = P[:dz, :dz]
     out["initial_cross_covariance"] = P[:dz, dz:2 * dz]
     return out
+
+
+def rk4_numpy(f, x, dt, n):
+    """n classical RK4 steps of dx/dt = f(x) in plain NumPy (an independent integrator for the models)."""
+    for _ in range(n):
+        k1 = f(x)
+        k2 = f(x + dt / 2 * k1)
+        k3 = f(x + dt / 2 * k2)
+        k4 = f(x + dt * k3)
+        x = x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return x

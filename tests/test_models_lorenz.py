@@ -11,6 +11,8 @@ from ssmppl import SSM
 from ssmppl.models import integrate, lorenz63, lorenz96, lorenz96_vector_field, rk4_step
 from ssmppl.models.lorenz import observation_operator
 
+from oracles import rk4_numpy
+
 
 def _l96_numpy(x, forcing):
     """The Lorenz-96 formula written out component by component (indices mod d)."""
@@ -18,15 +20,7 @@ def _l96_numpy(x, forcing):
     return np.array([(x[(i + 1) % d] - x[(i - 2) % d]) * x[(i - 1) % d] - x[i] + forcing for i in range(d)])
 
 
-def _rk4_numpy(f, x, dt, n):
-    """n classical RK4 steps in plain numpy."""
-    for _ in range(n):
-        k1 = f(x)
-        k2 = f(x + dt / 2 * k1)
-        k3 = f(x + dt / 2 * k2)
-        k4 = f(x + dt * k3)
-        x = x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    return x
+_rk4_numpy = rk4_numpy
 
 
 def _run_numpy(f, x0, dt, n, T):

@@ -18,6 +18,8 @@ import ssmppl
 from ssmppl.models import integrate, lorenz63, pendulum, poisson_ar1, rk4_step, stochastic_volatility
 from ssmppl.models.lorenz import lorenz63_vector_field
 
+from oracles import rk4_numpy
+
 pytestmark = pytest.mark.usefixtures("x64")
 
 
@@ -125,16 +127,8 @@ def test_pendulum_log_density_of_a_path():
 
 
 def _rk4_numpy(x, dt, n, s, r, b):
-    def f(v):
-        return np.array([s * (v[1] - v[0]), v[0] * (r - v[2]) - v[1], v[0] * v[1] - b * v[2]])
-
-    for _ in range(n):
-        k1 = f(x)
-        k2 = f(x + dt / 2 * k1)
-        k3 = f(x + dt / 2 * k2)
-        k4 = f(x + dt * k3)
-        x = x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    return x
+    return rk4_numpy(lambda v: np.array([s * (v[1] - v[0]), v[0] * (r - v[2]) - v[1], v[0] * v[1] - b * v[2]]),
+                     x, dt, n)
 
 
 @pytest.mark.parametrize("observe", ["all", (0, 2)])

@@ -118,6 +118,19 @@ def _transition_site(mean, q):
     return numpyro.sample("z", dist.Normal(mean, q).to_event(1))
 
 
+def _observed_flow(f, dt, steps_per_obs, q, h, r, m0, initial_scale, y, T):
+    """The scan shared by the Lorenz models: z0 ~ N(m0, initial_scale^2 I); z_t = RK4 flow of f over
+    one observation interval (+ N(0, q^2 I) if q is not None); y_t ~ N(h(z_t), r^2 I)."""
+
+    def step(z_prev, y_t):
+        z = _transition_site(integrate(f, z_prev, dt, steps_per_obs), q)
+        numpyro.sample("y", dist.Normal(h(z), r).to_event(1), obs=y_t)
+        return z, None
+
+    z0 = numpyro.sample("z0", dist.Normal(m0, initial_scale).to_event(1))
+    scan(step, z0, y, length=T)
+
+
 def lorenz63(dt: float = 0.01, steps_per_obs: int = 10, sigma: float = 10.0, rho: float = 28.0,
              beta: float = 8.0 / 3.0, obs_noise: float = 1.0, process_noise: float = 0.1,
              observe: Union[str, Sequence[int]] = "all", initial_mean=(1.0, 1.0, 1.0), initial_scale: float = 1.0,
@@ -160,15 +173,8 @@ def lorenz63(dt: float = 0.01, steps_per_obs: int = 10, sigma: float = 10.0, rho
         q = None if deterministic else global_site("process_noise", process_noise, constraints.positive, priors)
         r = global_site("obs_noise", obs_noise, constraints.positive, priors)
         m0 = jnp.asarray(initial_mean, jnp.result_type(float))
-        f = lambda x: lorenz63_vector_field(x, s, rh, b)  # noqa: E731
-
-        def step(z_prev, y_t):
-            z = _transition_site(integrate(f, z_prev, dt, steps_per_obs), q)
-            numpyro.sample("y", dist.Normal(h(z), r).to_event(1), obs=y_t)
-            return z, None
-
-        z0 = numpyro.sample("z0", dist.Normal(m0, initial_scale).to_event(1))
-        scan(step, z0, y, length=T)
+        _observed_flow(lambda x: lorenz63_vector_field(x, s, rh, b), dt, steps_per_obs, q, h, r, m0, initial_scale,
+                       y, T)
 
     model.__name__ = "lorenz63"
     return model
@@ -228,15 +234,7 @@ def lorenz96(dim: int = 40, forcing: float = 8.0, dt: float = 0.05, steps_per_ob
         q = None if deterministic else global_site("process_noise", process_noise, constraints.positive, priors)
         r = global_site("obs_noise", obs_noise, constraints.positive, priors)
         m0 = jnp.asarray(m0_host, jnp.result_type(float))
-        f = lambda x: lorenz96_vector_field(x, F)  # noqa: E731
-
-        def step(z_prev, y_t):
-            z = _transition_site(integrate(f, z_prev, dt, steps_per_obs), q)
-            numpyro.sample("y", dist.Normal(h(z), r).to_event(1), obs=y_t)
-            return z, None
-
-        z0 = numpyro.sample("z0", dist.Normal(m0, initial_scale).to_event(1))
-        scan(step, z0, y, length=T)
+        _observed_flow(lambda x: lorenz96_vector_field(x, F), dt, steps_per_obs, q, h, r, m0, initial_scale, y, T)
 
     model.__name__ = "lorenz96"
     return model
