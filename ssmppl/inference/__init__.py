@@ -8,8 +8,9 @@ from .localization import Localization
 from .nonlinear import EKF, UKF, GaussHermite, MomentMatching
 from .particle import AuxiliaryPF, BootstrapPF, GuidedPF, ParticleFilterResult, ParticleSmoothResult
 from .results import FilterResult, Forecast, SmoothResult
+from .score_filter import EnSF
 
 __all__ = ["Backend", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "BootstrapPF", "GuidedPF",
-           "AuxiliaryPF", "EnKF", "Localization", "Multiplicative", "Additive", "RTPS", "RTPP", "Adaptive",
+           "AuxiliaryPF", "EnKF", "EnSF", "Localization", "Multiplicative", "Additive", "RTPS", "RTPP", "Adaptive",
            "EnsembleFilterResult", "EnsembleSmoothResult", "linear_gaussian_params", "FilterResult", "SmoothResult",
            "Forecast", "ParticleFilterResult", "ParticleSmoothResult"]

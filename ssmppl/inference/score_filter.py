@@ -1,0 +1,317 @@
+"""The Ensemble Score Filter (EnSF; Bao, Zhang & Zhang 2024): a training-free score-based filter.
+
+Notation: N members, d state components, pseudo-time t in [0, 1]. Each cycle
+  1. forecast: every member moves by the model's transition, sampled (as in the
+     EnKF: ``ensemble_forecast``), giving the prior ensemble X (N, d);
+  2. analysis: N reverse-SDE samples, started from N(0, I) at t = 1 and integrated by
+     Euler-Maruyama to t = 0 in ``num_steps`` steps; they are the analysis ensemble.
+
+Forward noising q(z_t | z_0) = N(alpha_t z_0, beta_t^2 I), with
+    alpha_t = 1 - (1 - eps_alpha) t,     beta_t^2 = eps_beta + (1 - eps_beta) t,
+drift b(t) = d log alpha_t / dt = -(1 - eps_alpha) / alpha_t and diffusion
+sigma^2(t) = d beta_t^2 / dt - 2 b(t) beta_t^2 = (1 - eps_beta) - 2 b(t) beta_t^2. One step
+from t to t - dt (the reference code's scheme, coefficients at the step's start):
+    z <- z - dt (b(t) z - sigma^2(t) s(z, t)) + sqrt(dt sigma^2(t)) xi,   xi ~ N(0, I).
+
+Posterior score s(z, t) = prior score + h(t) grad_z log p(y | z), damping h(t) = 1 - t
+by default. Prior score from the forecast ensemble, no training:
+  paired   reverse sample j uses member j only: -(z_j - alpha_t x_j) / beta_t^2 (the
+           reference runs' choice; O(N d));
+  mixture  the score of the ensemble's noised empirical law (1/N) sum_j N(alpha_t x_j, beta_t^2 I):
+           -(z - alpha_t sum_j w_j x_j) / beta_t^2 with w = softmax_j(-|z - alpha_t x_j|^2 / (2 beta_t^2)).
+           The squared distances come from inner products (one (N, N) matmul), never from the
+           (N, N, d) differences, and from the anomalies about the ensemble mean, which keeps
+           the float32 logits well conditioned: O(N^2 + N d) memory.
+The likelihood score is ``jax.grad`` of the emission site's log-density (missing, NaN,
+components excluded), so any differentiable observation operator and noise model work.
+With every component missing the likelihood score is zero and the analysis resamples
+the prior ensemble's noised law.
+
+``clip``: the reference code clips the posterior score elementwise to [-1000, 1000]
+(``score_max``) and, separately, the forecast ensemble to [-50, 50] for Lorenz-96 (a
+model-side safeguard, not applied here). ``clip=c`` clips the posterior score to [-c, c]
+before each step; off by default. It guards float32 runs against a huge likelihood score
+far from the data (small obs noise, early cycles); it biases the analysis wherever active.
+
+EnSF gives no likelihood estimate: ``marginal_loglik`` and ``log_predictive`` are None,
+and ``log_likelihood``, ``log_predictive`` (hence ``marginalize``, ``fit_sgd``,
+``sample_posterior``) and ``smooth`` (``fit_em``) raise, naming the backends that do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ..errors import ModelStructureError
+from ..learning.expected_log_joint import masked_log_prob
+from ..models.dependence import reads
+from .base import Backend, check_forecastable
+from .ensemble import EnsembleFilterResult, _initial_ensemble, _moments, ensemble_forecast
+from .results import FilterResult
+
+SCORES = ("paired", "mixture")
+
+LIKELIHOOD_BACKENDS = ("Kalman (linear Gaussian), EKF, UKF, GaussHermite, MomentMatching (Gaussian "
+                       "approximations), BootstrapPF, GuidedPF, AuxiliaryPF (particle filters) and EnKF (ensemble "
+                       "Gaussian approximation)")
+
+
+def no_likelihood_message(what: str) -> str:
+    return (f"EnSF gives no likelihood estimate, so it cannot be used for {what}: its analysis samples come from "
+            f"a reverse diffusion that has no normalising constant. Use a backend that provides one: "
+            f"{LIKELIHOOD_BACKENDS}")
+
+
+# -- the noising schedule --------------------------------------------------------------------------
+
+def schedule(t, eps_alpha, eps_beta):
+    """(alpha_t, beta_t^2, b(t), sigma^2(t)) of the linear schedule in the module docstring."""
+    alpha = 1.0 - (1.0 - eps_alpha) * t
+    beta2 = eps_beta + (1.0 - eps_beta) * t
+    b = -(1.0 - eps_alpha) / alpha
+    sigma2 = (1.0 - eps_beta) - 2.0 * b * beta2
+    return alpha, beta2, b, sigma2
+
+
+# -- prior scores: samples Z (N, d), forecast members X (N, d) -> (N, d) ----------------------------
+
+def paired_score(Z, X, alpha, beta2):
+    """-(z_j - alpha x_j) / beta^2: sample j sees member j only."""
+    return -(Z - alpha * X) / beta2
+
+
+def mixture_weights(Z, X, alpha, beta2):
+    """(N_z, N_x) softmax weights w_ij of member j for sample i, without (N, N, d) intermediates.
+
+    |z_i - alpha x_j|^2 = |u_i|^2 - 2 alpha u_i.a_j + alpha^2 |a_j|^2 with u_i = z_i - alpha m,
+    a_j = x_j - m (m the ensemble mean); |u_i|^2 is constant in j and drops out of the softmax.
+    """
+    m = X.mean(0)
+    A = X - m
+    U = Z - alpha * m
+    logits = (2.0 * alpha * (U @ A.T) - alpha ** 2 * jnp.sum(A * A, axis=1)) / (2.0 * beta2)
+    return jax.nn.softmax(logits, axis=1)
+
+
+def mixture_score(Z, X, alpha, beta2):
+    """Score of (1/N) sum_j N(alpha x_j, beta^2 I) at each row of Z: -(z - alpha sum_j w_j x_j) / beta^2."""
+    W = mixture_weights(Z, X, alpha, beta2)
+    return -(Z - alpha * (W @ X)) / beta2
+
+
+_PRIOR_SCORES = {"paired": paired_score, "mixture": mixture_score}
+
+
+# -- the likelihood score --------------------------------------------------------------------------
+
+def likelihood_score(problem, Z, xs_t, y):
+    """grad_z log p(y_observed | z) for each row of Z (N, d); zero where y is all missing."""
+    def log_lik(z):
+        return masked_log_prob(problem.emission(z, xs_t), y, problem.obs_shape)
+
+    return jax.vmap(jax.grad(log_lik))(Z)
+
+
+def check_differentiable(problem):
+    """Trace-time probe: refuse an emission whose log-density reads the state only through
+    non-differentiable operations (rounding, comparisons, integer casts): its likelihood
+    score would be zero everywhere and EnSF would silently ignore the data."""
+    site = problem.names.obs
+    dtype = jnp.result_type(problem.observations, float)
+    z = jnp.zeros(problem.state_dim, dtype)
+    x0 = problem.xs_example()
+    y0 = jnp.zeros(problem.obs_dim, dtype)
+
+    def log_lik(z_):
+        return masked_log_prob(problem.emission(z_, x0), y0, problem.obs_shape)
+
+    if not reads(log_lik, 0, z):
+        return  # the data say nothing about the state: a zero score is the truth
+    try:
+        tangent_reads = reads(lambda z_, v: jax.jvp(log_lik, (z_,), (v,))[1], 1, z, z)
+    except Exception as error:  # no JVP rule (a callback, an integer op...)
+        raise ModelStructureError(
+            f"EnSF differentiates the log-density of the emission site {site!r} (its likelihood score), which "
+            f"failed ({type(error).__name__}: {error}). Make the observation operator differentiable, or use "
+            "EnKF or a particle filter, which need no derivatives"
+        ) from None
+    if not tangent_reads:
+        raise ModelStructureError(
+            f"EnSF needs the likelihood score grad_z log p(y | z), but the emission site {site!r} depends on the "
+            "state only through non-differentiable operations (rounding, comparisons, integer casts), so the "
+            "score is zero everywhere and the data would be ignored. Make the observation operator "
+            "differentiable, or use EnKF or a particle filter, which need no derivatives"
+        )
+
+
+# -- the analysis: one reverse SDE -----------------------------------------------------------------
+
+def default_damping(t):
+    return 1.0 - t
+
+
+def reverse_sde(key, X, lik_score: Callable, num_steps: int, eps_alpha: float, eps_beta: float,
+                score: str = "paired", damping: Optional[Callable] = None, clip: Optional[float] = None):
+    """Analysis ensemble (N, d): Euler-Maruyama for the reverse SDE from t = 1 to 0, started at N(0, I).
+
+    X: the forecast members (N, d); lik_score(Z) -> (N, d) the likelihood score at samples Z.
+    Memory: Z, X and one score array, O(N d) (plus (N, N) weights for the mixture score).
+    """
+    prior_score = _PRIOR_SCORES[score]
+    h = default_damping if damping is None else damping
+    dtype = X.dtype
+    dt = 1.0 / num_steps
+    k_init, k_steps = jax.random.split(key)
+    Z0 = jax.random.normal(k_init, X.shape, dtype)
+
+    def step(i, Z):
+        t = jnp.asarray(1.0 - i * dt, dtype)
+        alpha, beta2, b, sigma2 = schedule(t, eps_alpha, eps_beta)
+        s = prior_score(Z, X, alpha, beta2) + jnp.asarray(h(t), dtype) * lik_score(Z)
+        if clip is not None:
+            s = jnp.clip(s, -clip, clip)
+        noise = jax.random.normal(jax.random.fold_in(k_steps, i), Z.shape, dtype)
+        return Z - dt * (b * Z - sigma2 * s) + jnp.sqrt(dt * sigma2) * noise
+
+    return lax.fori_loop(0, num_steps, step, Z0)
+
+
+# -- the filter ------------------------------------------------------------------------------------
+
+def score_filter(problem, key, settings: "EnSF"):
+    """Run EnSF over the problem's observations; an ``EnsembleFilterResult`` without likelihood fields."""
+    N = settings.num_members
+    dtype = jnp.result_type(problem.observations, float)
+    check_differentiable(problem)
+    key_init, key_steps = jax.random.split(key)
+    X0 = _initial_ensemble(problem, key_init, N, dtype)
+    covariances = settings.store_covariances
+
+    def step(X, inputs):
+        k, y, xs_t = inputs
+        k_fore, k_ana = jax.random.split(k)
+        Xf = ensemble_forecast(problem, X, xs_t, k_fore)
+        Xa = reverse_sde(k_ana, Xf, lambda Z: likelihood_score(problem, Z, xs_t, y), settings.num_steps,
+                         settings.eps_alpha, settings.eps_beta, settings.score, settings.damping, settings.clip)
+        mean_f, mean_a = Xf.mean(0), Xa.mean(0)
+        var_f, cov_f = _moments(mean_f, Xf - mean_f, covariances)
+        var_a, cov_a = _moments(mean_a, Xa - mean_a, covariances)
+        out = dict(mf=mean_a, Pf=cov_a, mp=mean_f, Pp=cov_f, var_a=var_a if covariances else None,
+                   spread_a=jnp.sqrt(var_a.mean()), spread_f=jnp.sqrt(var_f.mean()), m=(~jnp.isnan(y)).sum())
+        if settings.keep_ensembles:
+            out.update(Xa=Xa, Xf=Xf)
+        return Xa, out
+
+    keys = jax.random.split(key_steps, problem.length)
+    X_last, out = lax.scan(step, X0, (keys, problem.observations.astype(dtype), problem.xs))
+    return EnsembleFilterResult(
+        marginal_loglik=None, log_predictive=None, filtered_means=out["mf"], filtered_covariances=out["Pf"],
+        predicted_means=out["mp"], predicted_covariances=out["Pp"], filtered_spread=out["spread_a"],
+        predicted_spread=out["spread_f"], filtered_variances=out["var_a"], num_observed=out["m"],
+        final_ensemble=X_last, initial_ensemble=X0, filtered_ensembles=out.get("Xa"),
+        predicted_ensembles=out.get("Xf"))
+
+
+# -- the backend -----------------------------------------------------------------------------------
+
+def _check_open_unit(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not 0 < value < 1:
+        raise ValueError(f"EnSF({name}=...) must be a number in the open interval (0, 1), got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnSF(Backend):
+    """Ensemble score filter on any model with a differentiable emission log-density.
+
+    num_members: N >= 2.
+    num_steps: Euler-Maruyama steps of the reverse SDE per analysis (>= 1).
+    eps_alpha, eps_beta: the schedule's alpha_1 and beta_0^2, each in (0, 1) (module docstring).
+    score: "paired" (reverse sample j uses forecast member j; O(N d)) or "mixture" (the
+        Gaussian-mixture score of the whole ensemble; O(N^2 d) time, O(N d) memory).
+    damping: h(t), a callable of the pseudo-time (traced scalar); None: h(t) = 1 - t.
+    clip: None, or c > 0 to clip the posterior score elementwise to [-c, c] (the reference
+        code uses 1000); a float32 safeguard that biases the analysis where it binds.
+    keep_ensembles: store the (T, N, d) forecast and analysis members.
+    store_covariances: True adds the (T, d, d) covariances and (T, d) variances (off by
+        default: EnSF is meant for large d, where memory is O(T d + N d) without them).
+
+    Needs a ``key``; the same key gives the same result. Results (``EnsembleFilterResult``):
+    the analysis ensemble's mean (``filtered_means``) and spread (``filtered_spread``) per
+    step, the forecast's (``predicted_*``), ``final_ensemble`` and, with ``keep_ensembles``,
+    every ensemble. ``marginal_loglik`` and ``log_predictive`` are None: EnSF has no likelihood.
+    """
+
+    num_members: int = 20
+    num_steps: int = 500
+    eps_alpha: float = 0.5
+    eps_beta: float = 0.025
+    score: str = "paired"
+    damping: Optional[Callable] = None
+    clip: Optional[float] = None
+    keep_ensembles: bool = False
+    store_covariances: bool = False
+
+    requires_key = True
+    provides_likelihood = False
+
+    def __post_init__(self):
+        n = self.num_members
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+            raise ValueError(f"EnSF(num_members=...) must be an int >= 2 (the prior score needs an ensemble), "
+                             f"got {n!r}")
+        s = self.num_steps
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+            raise ValueError(f"EnSF(num_steps=...) must be an int >= 1 (reverse-SDE steps per analysis), got {s!r}")
+        _check_open_unit("eps_alpha", self.eps_alpha)
+        _check_open_unit("eps_beta", self.eps_beta)
+        if self.score not in SCORES:
+            raise ValueError(f"EnSF(score=...) must be one of {SCORES}, got {self.score!r}")
+        if self.damping is not None and not callable(self.damping):
+            raise TypeError(f"EnSF(damping=...) must be None or a callable h(t), got {self.damping!r}")
+        if self.clip is not None and (isinstance(self.clip, bool) or not isinstance(self.clip, (int, float))
+                                      or not self.clip > 0):
+            raise ValueError(f"EnSF(clip=...) must be None or a positive number, got {self.clip!r}")
+
+    def _key(self, key):
+        if key is None:
+            raise ValueError("EnSF samples: pass key=jax.random.PRNGKey(...)")
+        return key
+
+    def filter(self, problem, key=None) -> EnsembleFilterResult:
+        return score_filter(problem, self._key(key), self)
+
+    def log_likelihood(self, problem, key=None):
+        raise NotImplementedError(no_likelihood_message("a log-likelihood (log_likelihood, fit_sgd, marginalize, "
+                                                        "sample_posterior)"))
+
+    def log_predictive(self, problem, key=None):
+        raise NotImplementedError(no_likelihood_message("one-step log predictive densities (marginalize, "
+                                                        "sample_posterior, log_likelihood)"))
+
+    def smooth(self, problem, key=None):
+        raise NotImplementedError("EnSF has no smoother (and no likelihood, so fit_em cannot use it either): use "
+                                  "EnKF (the EnKS) or a particle smoother")
+
+    def forecast(self, problem, filtered: FilterResult, num_steps, key=None):
+        from .particle import particle_forecast
+
+        check_forecastable(problem)
+        x_last = None if problem.xs is None else problem.xs_at(problem.length - 1)
+        X = filtered.final_ensemble
+        log_w = jnp.full(X.shape[0], -jnp.log(X.shape[0]), X.dtype)
+        return particle_forecast(problem, X, log_w, x_last, num_steps, self._key(key))
+
+    def diagnose(self, result) -> Optional[str]:
+        bad = ~np.isfinite(np.asarray(result.filtered_means)).all(axis=-1)
+        if not bad.any():
+            return None
+        step = int(np.argmax(bad)) + 1
+        return (f"EnSF: the analysis mean is not finite from step {step} on. Check the data near that step; "
+                "clip=1000 (as the reference code), more reverse steps or float64 may help")
+
