@@ -355,6 +355,20 @@ def test_enks_lag_identities(lag_runs, data):
     np.testing.assert_allclose(full.smoothed_cross_covariances, np.einsum("tni,tnj->tij", A[:-1], A[1:]) / 7, **tol)
 
 
+
+def test_posterior_predictive_mixes_the_emission_over_smoothed_members(lag_runs, data):
+    """For a linear emission y = H z + N(0, R): the predictive mean is H times the smoothed members'
+    mean and its variance diag(H S H^T) + r^2 with S their population (1/N) covariance: exact."""
+    ssm, y, _ = data
+    full = lag_runs[None]
+    method_ = method("etkf", 8)
+    problem = ssm.state_space(params(), y=y)
+    mean, sd = method_.posterior_predictive(problem, full)
+    X = np.asarray(full.smoothed_ensembles)  # (T, N, d)
+    S = np.einsum("tni,tnj->tij", X - X.mean(1, keepdims=True), X - X.mean(1, keepdims=True)) / X.shape[1]
+    np.testing.assert_allclose(mean, X.mean(1) @ H.T, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(sd ** 2, np.einsum("ki,tij,kj->tk", H, S, H) + R_SD ** 2, rtol=1e-10)
+
 # -- 4. inflation and rotation ---------------------------------------------------------------------
 
 def adaptive_factors(kind, res, y):

@@ -531,6 +531,12 @@ class EnKF(Backend):
         log_w = jnp.full(X.shape[0], -jnp.log(X.shape[0]), X.dtype)
         return particle_forecast(problem, X, log_w, x_last, num_steps, self._key(key))
 
+    def posterior_predictive(self, problem, smoothed):
+        """E[y_t | y_{1:T}] and sd[y_t | y_{1:T}] (T, dy), mixing p(y_t | z_t) over the smoothed members."""
+        from .particle import mixture_predictive
+
+        return mixture_predictive(problem, jnp.swapaxes(smoothed.smoothed_ensembles, 0, 1))
+
     def diagnose(self, result) -> Optional[str]:
         bad = ~np.isfinite(np.asarray(result.filtered_means)).all(axis=-1)
         if not bad.any():

@@ -319,6 +319,19 @@ def particle_forecast(problem, particles, log_weights, xs_t, num_steps: int, key
     return Forecast(state_means=ms, state_covariances=Ps, emission_means=ym, emission_covariances=yS)
 
 
+def mixture_predictive(problem, paths):
+    """Means and standard deviations (T, dy) of y_t under an equally weighted set of latent paths
+    (M, T, dz): the mixture of p(y_t | z_t) over the paths."""
+
+    def at(z, xs_t):
+        mean, cov = conditional_moments(problem.emission(z, xs_t))
+        return mean, jnp.diagonal(cov)
+
+    per_path = jax.vmap(lambda path: jax.vmap(at)(path, problem.xs))  # xs may be None
+    means, variances = per_path(paths)  # (M, T, dy) each
+    return means.mean(axis=0), jnp.sqrt(variances.mean(axis=0) + means.var(axis=0))
+
+
 def first_impossible_step(log_predictive) -> Optional[int]:
     """1-based index of the first step whose likelihood estimate is zero or not finite, or None."""
     bad = ~np.isfinite(np.asarray(log_predictive))
@@ -404,15 +417,7 @@ class _ParticleBackend(Backend):
 
     def posterior_predictive(self, problem, smoothed):
         """E[y_t | y_{1:T}] and sd[y_t | y_{1:T}] (T, dy), mixing p(y_t | z_t) over the smoothed paths."""
-
-        def at(z, xs_t):
-            mean, cov = conditional_moments(problem.emission(z, xs_t))
-            return mean, jnp.diagonal(cov)
-
-        per_path = jax.vmap(lambda path: jax.vmap(at)(path, problem.xs))  # xs may be None
-        means, variances = per_path(smoothed.trajectories)  # (M, T, dy) each
-        mean = means.mean(axis=0)
-        return mean, jnp.sqrt(variances.mean(axis=0) + means.var(axis=0))
+        return mixture_predictive(problem, smoothed.trajectories)
 
     def diagnose(self, result) -> Optional[str]:
         """A message when some step's weights were all zero or not finite (checked outside jit)."""
