@@ -12,7 +12,8 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.
 # The Bayesian notebook compiles seven samplers (~3 min on one core), the nonlinear-filter notebook
 # a dozen filters, smoothers and an SGD fit (~1.5 min), the EM/SGD notebook a dozen fits (~1 min,
 # each fit also tested in test_learning.py), the particle-filter notebook 300 filter runs and a PMMH
-# chain (~4 min): they run in the slow set, to keep the default run within its 15 minutes.
+# chain (~4 min), the ensemble notebook three filters and two sweeps on Lorenz-96 (~1.5 min): they
+# run in the slow set, to keep the default run within its 15 minutes.
 HEAVY = {"02_em_and_sgd.ipynb", "03_bayesian_ssm.ipynb", "04_nonlinear_filters.ipynb", "05_particle_filters.ipynb",
          "06_ensemble_da.ipynb"}
 
