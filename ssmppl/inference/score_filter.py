@@ -33,6 +33,20 @@ model-side safeguard, not applied here). ``clip=c`` clips the posterior score to
 before each step; off by default. It guards float32 runs against a huge likelihood score
 far from the data (small obs noise, early cycles); it biases the analysis wherever active.
 
+Accuracy (tests/test_score_filter.py measures it with the exact Gaussian recursion of the
+discretised scheme): EnSF is not a consistent Bayesian update. Even with N and num_steps
+infinite and eps -> 0, on a linear Gaussian model the analysis differs from the Kalman
+posterior, because prior_t + h(t) grad log p(y | z_t) is not the score of the noised
+posterior (that one integrates the likelihood over p(z_0 | z_t)): in the test's case the
+mean goes about a third of the way past the Kalman mean towards y and the variance is 0.4-0.9
+of Kalman's. And with eps_alpha = 0.5 the N(0, I) start is not the forward law at t = 1
+(N(alpha_1 x, beta_1^2)), so even without data the mixture analysis shrinks towards 0 (the
+mean of a unit-variance Gaussian prior by a factor ~0.8); small eps removes that part. The
+paired score without data maps member x_j to about N(0.994 x_j, 0.026) (eps defaults,
+500 steps), so it keeps the ensemble; with data it moves each member only part of the way
+(the test's case: 1.20 where Kalman gives 1.8 from a prior mean of 1) and relies on
+repeated cycles.
+
 EnSF gives no likelihood estimate: ``marginal_loglik`` and ``log_predictive`` are None,
 and ``log_likelihood``, ``log_predictive`` (hence ``marginalize``, ``fit_sgd``,
 ``sample_posterior``) and ``smooth`` (``fit_em``) raise, naming the backends that do.
