@@ -253,6 +253,18 @@ def test_bias_against_kalman(x64):
     assert abs(got - kalman_mean) < abs(bias) + 4.5 * np.sqrt(var / N) + 0.02
 
 
+def test_damping_and_clip_options(x64):
+    """h = 0 with data is the run without data (same key: same numbers); a clip that never binds
+    changes nothing; a binding clip changes the analysis."""
+    y_nan = np.full_like(Y, np.nan)
+    base = run(EnSF(8, num_steps=30), y=y_nan, key=5)
+    np.testing.assert_array_equal(run(EnSF(8, num_steps=30, damping=lambda t: 0.0 * t), key=5).final_ensemble,
+                                  base.final_ensemble)
+    free = run(EnSF(8, num_steps=30), key=5)
+    np.testing.assert_array_equal(run(EnSF(8, num_steps=30, clip=1e12), key=5).final_ensemble, free.final_ensemble)
+    assert not np.allclose(run(EnSF(8, num_steps=30, clip=0.1), key=5).final_ensemble, free.final_ensemble)
+
+
 # -- interface: errors, determinism, float32 -------------------------------------------------------
 
 def test_bad_settings():
