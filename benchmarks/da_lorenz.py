@@ -35,8 +35,14 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import pin_cpus  # noqa: E402
+# The tests import this file: keep its folder off sys.path afterwards (a script there must never shadow an
+# installed library).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+try:
+    from _common import device_label, git_rev, pin_cpus  # noqa: E402
+finally:
+    sys.path.remove(_HERE)
 
 # name: (system, constructor kwargs of EnKF, DAPPER's published RMSE, DAPPER reference config)
 CONFIGS = {
@@ -183,7 +189,6 @@ def main(argv=None):
     import jax
 
     jax.config.update("jax_enable_x64", not args.gpu)
-    from _common import device_label, git_rev
 
     print(f"# ssmppl {git_rev(__file__, 'ssmppl')} on {device_label(jax, used, allowed)}")
     if args.gpu:

@@ -38,11 +38,11 @@ Two tables.
    configuration that still gives the estimate.
 
 Usage:
-    taskset -c 1 python benchmarks/particles.py --out benchmarks/results_particles_cpu.md
-    python benchmarks/particles.py --short                 # T = 100, small R, N = 1e3: ~1 min
-    python benchmarks/particles.py --sizes 1000 1000000 10000000 --particles-max-n 100000  # on a GPU
-    python benchmarks/particles.py --gpu                   # the same: N = 1e3 ... 1e7
-    python benchmarks/particles.py --skip-speed            # accuracy table only
+    taskset -c 1 python benchmarks/particle_filters.py --out benchmarks/results_particles_cpu.md
+    python benchmarks/particle_filters.py --short                 # T = 100, small R, N = 1e3: ~1 min
+    python benchmarks/particle_filters.py --sizes 1000 1000000 10000000 --particles-max-n 100000  # on a GPU
+    python benchmarks/particle_filters.py --gpu                   # the same: N = 1e3 ... 1e7
+    python benchmarks/particle_filters.py --skip-speed            # accuracy table only
 """
 
 from __future__ import annotations
@@ -54,17 +54,14 @@ import os
 import sys
 import warnings
 
-# this file is called particles.py: keep its folder off sys.path once _common is
-# imported, or ``import particles`` would import this script instead of the library
+# (this script was called particles.py, which shadowed the `particles` library whenever benchmarks/
+# was on sys.path; keep the folder off sys.path after importing _common all the same)
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 from _common import device_label, git_rev, library_versions, pin_cpus  # noqa: E402
 from _common import markdown_table, text_table, time_interleaved, write_report  # noqa: E402
 
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-if sys.modules.get("particles") is not None and os.path.abspath(getattr(sys.modules["particles"], "__file__", "")) \
-        == os.path.abspath(__file__):  # pragma: no cover - imported as a module from this folder
-    del sys.modules["particles"]
 
 MU, RHO, SIGMA = 2 * math.log(0.5992), 0.9702, 0.178
 DATA_FILE = os.path.join(_HERE, os.pardir, os.pardir, "shared", "data", "GBP_vs_USD_9798.txt")
