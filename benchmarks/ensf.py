@@ -35,8 +35,14 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import pin_cpus  # noqa: E402
+# The tests import this file: keep its folder off sys.path afterwards (a script there must never shadow an
+# installed library).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+try:
+    from _common import pin_cpus  # noqa: E402
+finally:
+    sys.path.remove(_HERE)
 
 REFERENCE = {0.05: 0.204, 0.1: 0.484}  # the reference code's final-step RMSE at d = 10^6
 DT, STEPS_PER_OBS, SPIN_UP = 0.01, 10, 1000
