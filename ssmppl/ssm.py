@@ -51,8 +51,9 @@ def _diagnose_nan(problem):
 
 def _raise_if_nan(ssm, result, method, params, args, kwargs):
     """Bad input gets an error, not a silent NaN: explain a NaN log-likelihood when we can."""
-    log_predictive = getattr(result, "log_predictive", None)
-    if log_predictive is not None and _is_concrete(log_predictive):
+    # concrete (outside jit) results only; filtered_means exist for every backend, log_predictive not for EnSF
+    probe = getattr(result, "filtered_means", None)
+    if probe is not None and _is_concrete(probe):
         problem = method.diagnose(result)
         if problem:
             raise ValueError(problem)

@@ -338,3 +338,12 @@ def test_float32_lorenz96_stays_finite():
     rmse_a = np.sqrt(np.mean((np.asarray(res.filtered_means) - np.asarray(x)) ** 2, -1))
     rmse_f = np.sqrt(np.mean((np.asarray(res.predicted_means) - np.asarray(x)) ** 2, -1))
     assert rmse_a.mean() < rmse_f.mean() and rmse_a[-1] < 1.0  # tracks (climatological RMSE ~ 3.6)
+
+
+def test_diverged_analysis_names_the_step(x64):
+    """An infinite observation at step 3 makes the likelihood score infinite: ssm.filter raises and
+    names the step instead of returning NaN means (EnSF gives no log-likelihood to check)."""
+    y = np.tile(Y, (4, 1))
+    y[2, 0] = np.inf
+    with pytest.raises(ValueError, match="from step 3 on"):
+        SSM(diag_model).filter(None, jnp.asarray(y), method=EnSF(6, num_steps=20), key=jax.random.PRNGKey(0))
