@@ -36,6 +36,12 @@ class Backend:
     def filter(self, problem: StateSpace, key=None) -> FilterResult:
         raise NotImplementedError
 
+    def _key(self, key):
+        """The key of a sampling backend, or an error saying one is needed."""
+        if key is None:
+            raise ValueError(f"{type(self).__name__} samples: pass key=jax.random.PRNGKey(...)")
+        return key
+
     def diagnose(self, result) -> "str | None":
         """Outside jit, on a concrete result: a message explaining why it is unusable, or None."""
         return None

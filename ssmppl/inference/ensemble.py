@@ -497,11 +497,6 @@ class EnKF(Backend):
         if self.lag is not None and (isinstance(self.lag, bool) or not isinstance(self.lag, int) or self.lag < 0):
             raise ValueError(f"EnKF(lag=...) must be None or an int >= 0, got {self.lag!r}")
 
-    def _key(self, key):
-        if key is None:
-            raise ValueError("EnKF samples: pass key=jax.random.PRNGKey(...)")
-        return key
-
     def filter(self, problem, key=None) -> EnsembleFilterResult:
         return ensemble_filter(problem, self._key(key), self, self.keep_ensembles, self.store_covariances)
 

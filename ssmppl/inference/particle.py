@@ -380,11 +380,6 @@ class _ParticleBackend(Backend):
     def _log_eta(self, problem) -> Callable:
         return _no_look_ahead
 
-    def _key(self, key):
-        if key is None:
-            raise ValueError(f"{type(self).__name__} samples: pass key=jax.random.PRNGKey(...)")
-        return key
-
     def _run(self, problem, key, keep_particles):
         dtype = jnp.result_type(problem.observations, float)
         return particle_filter(problem, self._key(key), self.num_particles, self._move(problem, dtype),

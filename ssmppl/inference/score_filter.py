@@ -292,11 +292,6 @@ class EnSF(Backend):
                                       or not self.clip > 0):
             raise ValueError(f"EnSF(clip=...) must be None or a positive number, got {self.clip!r}")
 
-    def _key(self, key):
-        if key is None:
-            raise ValueError("EnSF samples: pass key=jax.random.PRNGKey(...)")
-        return key
-
     def filter(self, problem, key=None) -> EnsembleFilterResult:
         return score_filter(problem, self._key(key), self)
 
