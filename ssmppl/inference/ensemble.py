@@ -54,13 +54,12 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as dist
 from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 
 from ..errors import ModelStructureError
 from .base import Backend, check_forecastable
-from .gaussian import family_name, is_gaussian
+from .gaussian import family_name, gaussian_parts, is_gaussian
 from .inflation import Adaptive, Multiplicative, RTPP, adaptive_of, as_inflation, inflate, update_adaptive
 from .localization import Localization
 from .results import FilterResult, SmoothResult, _pytree_dataclass
@@ -154,23 +153,6 @@ def _symmetric_function_jvp(name, primals, tangents):
 
 # -- observation space -----------------------------------------------------------------------------
 
-def _gaussian_noise(d, site):
-    """('diag', variances (m,)) or ('full', R (m, m)) of a Gaussian emission whose mean is h(x)."""
-    base = d
-    while isinstance(base, (dist.Independent, dist.ExpandedDistribution)):
-        base = base.base_dist
-    shape = d.batch_shape + d.event_shape
-    name = type(base).__name__
-    if name == "Normal":
-        return "diag", jnp.broadcast_to(base.scale, shape).reshape(-1) ** 2
-    if name == "MultivariateNormal":
-        L = base.scale_tril
-        return "full", L @ L.T
-    if name == "LowRankMultivariateNormal":
-        return "full", base.cov_factor @ base.cov_factor.T + jnp.diag(base.cov_diag)
-    raise ModelStructureError(f"site {site!r}: an ensemble Kalman filter needs a Gaussian emission, got {name}")
-
-
 def check_emission(problem, variant: str, localized: bool, owner: str):
     """Trace-time checks: a Gaussian emission; a diagonal R where the variant needs one."""
     site = problem.names.obs
@@ -181,8 +163,8 @@ def check_emission(problem, variant: str, localized: bool, owner: str):
             f"{owner} needs a Gaussian emission (additive Gaussian noise around h(z)), but site {site!r} is "
             f"{family_name(d)}: use a particle filter (BootstrapPF) or MomentMatching for this model"
         )
-    kind, _ = _gaussian_noise(d, site)
-    if kind == "full" and (variant in DIAGONAL_R or localized):
+    _, _, diagonal = gaussian_parts(d)
+    if not diagonal and (variant in DIAGONAL_R or localized):
         why = f"variant={variant!r}" if variant in DIAGONAL_R else "localisation"
         raise ModelStructureError(
             f"{owner}({why}) needs a diagonal observation-error covariance R (independent Normal noise, e.g. "
@@ -197,13 +179,12 @@ def observation_space(problem, X, xs_t, y):
     Returns (S (N, m), d (m,), Yw (N, m) whitened predictions, num_observed, log det R over the
     observed components). Missing components are zero in S, d and Yw.
     """
-    site = problem.names.obs
     h = lambda x: problem.emission(x, xs_t).mean.reshape(-1)  # noqa: E731
     Y = jax.vmap(h)(X)
-    kind, R = _gaussian_noise(problem.emission(X.mean(0), xs_t), site)
+    _, R, diagonal = gaussian_parts(problem.emission(X.mean(0), xs_t))
     observed = ~jnp.isnan(y)
     y0 = jnp.where(observed, y, 0.0)
-    if kind == "diag":
+    if diagonal:
         inv_sd = jnp.where(observed, lax.rsqrt(jnp.where(observed, R, 1.0)), 0.0)
         whiten = lambda v: v * inv_sd  # noqa: E731
         log_det_r = jnp.sum(jnp.where(observed, jnp.log(jnp.where(observed, R, 1.0)), 0.0))

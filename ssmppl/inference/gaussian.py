@@ -27,13 +27,10 @@ def is_gaussian(d) -> bool:
     return isinstance(d, (dist.Normal, dist.MultivariateNormal, dist.LowRankMultivariateNormal))
 
 
-def gaussian_moments(d):
-    """Flat mean (n,) and covariance (n, n) of a Gaussian distribution.
-
-    n is the total size of the distribution's batch and event shape: a batch of
-    independent Normals is read as one diagonal Gaussian, as NumPyro's log
-    density reads it. Raises ``ModelStructureError`` for other families.
-    """
+def gaussian_parts(d):
+    """(flat mean (n,), noise, diagonal) of a Gaussian distribution: ``noise`` is the variances (n,)
+    when ``diagonal`` (a batch of independent Normals, as NumPyro's log density reads it), else the
+    covariance (n, n). Raises ``ModelStructureError`` for other families."""
     shape = d.batch_shape + d.event_shape
     base = d
     while isinstance(base, (dist.Independent, dist.ExpandedDistribution)):
@@ -41,7 +38,7 @@ def gaussian_moments(d):
     if isinstance(base, dist.Normal):
         loc = jnp.broadcast_to(base.loc, shape).reshape(-1)
         var = jnp.broadcast_to(base.scale, shape).reshape(-1) ** 2
-        return loc, jnp.diag(var.astype(loc.dtype))
+        return loc, var.astype(loc.dtype), True
     if isinstance(base, (dist.MultivariateNormal, dist.LowRankMultivariateNormal)):
         if len(shape) != 1:
             raise ModelStructureError(
@@ -54,8 +51,15 @@ def gaussian_moments(d):
         else:
             W = base.cov_factor
             cov = W @ jnp.swapaxes(W, -1, -2) + jnp.diag(base.cov_diag)
-        return jnp.broadcast_to(base.loc, shape), cov
+        return jnp.broadcast_to(base.loc, shape), cov, False
     raise ModelStructureError(f"{type(d).__name__} is not Gaussian (supported: {GAUSSIAN_TYPES})")
+
+
+def gaussian_moments(d):
+    """Flat mean (n,) and covariance (n, n) of a Gaussian distribution (``gaussian_parts``, with
+    independent Normals read as one diagonal covariance)."""
+    loc, noise, diagonal = gaussian_parts(d)
+    return loc, jnp.diag(noise) if diagonal else noise
 
 
 def conditional_moments(d):
