@@ -6,22 +6,11 @@ RMSE of one run scatters around its long-run value with sd ~0.005 (Lorenz-96) an
 tolerances are ~5 of those sds above DAPPER's published figures. The full table (10,000 cycles
 x 16 seeds) is benchmarks/results_da_cpu.md."""
 
-import importlib.util
-import pathlib
-
 import pytest
+from benchmark_scripts import load_benchmark
 
 
-def _load(name):
-    # by path, leaving sys.path alone: benchmark scripts must not shadow installed libraries
-    path = pathlib.Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-da_lorenz = _load("da_lorenz")
+da_lorenz = load_benchmark("da_lorenz")
 
 TOLERANCE = {"l96_etkf": 0.03, "l96_letkf": 0.03, "l96_enkf": 0.03, "l63_etkf": 0.3, "l63_enkf": 0.3}
 

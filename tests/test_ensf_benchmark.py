@@ -6,23 +6,12 @@ analyses (seed 0) EnSF is at 0.19 (it reaches 0.204 after 150 at d = 10^6 in the
 here at d = 10^4) and LETKF at 0.73 (it locks on more slowly; 0.04 after 150 at d = 200). Bounds:
 EnSF has locked on (< 0.6), LETKF is on its way (< 2, half the starting error); both finite."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
 
-def _load(name):
-    # by path, leaving sys.path alone (as tests/test_da_benchmark.py): scripts must not shadow libraries
-    path = pathlib.Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ensf = _load("ensf")
+ensf = load_benchmark("ensf")
 
 
 @pytest.mark.slow
