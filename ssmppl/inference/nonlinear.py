@@ -20,11 +20,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 
 from ..errors import ModelStructureError
-from ..models.dependence import reads
+from ..models.dependence import derivative_reads, reads
 from ..models.tracing import StateSpace
 from .base import Backend, check_forecastable
 from .gaussian import GAUSSIAN_TYPES, family_name, conditional_moments, gaussian_moments, is_gaussian
@@ -62,7 +61,7 @@ def _check_differentiable(mean_fn, z, site, role):
     if not reads(mean_fn, 0, z):
         return
     try:
-        tangent_reads = reads(lambda z_, v: jax.jvp(mean_fn, (z_,), (v,))[1], 1, z, z)
+        tangent_reads = derivative_reads(mean_fn, z)
     except Exception as error:  # no JVP rule (a callback, an integer op...)
         raise ModelStructureError(
             f"EKF() differentiates the mean of the {role} site {site!r}, which failed ({type(error).__name__}: "

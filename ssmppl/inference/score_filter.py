@@ -64,7 +64,7 @@ from jax import lax
 
 from ..errors import ModelStructureError
 from ..learning.expected_log_joint import masked_log_prob
-from ..models.dependence import reads
+from ..models.dependence import derivative_reads, reads
 from .base import Backend, check_forecastable
 from .ensemble import EnsembleFilterResult, _initial_ensemble, _moments, ensemble_forecast
 from .results import FilterResult
@@ -148,7 +148,7 @@ def check_differentiable(problem):
     if not reads(log_lik, 0, z):
         return  # the data say nothing about the state: a zero score is the truth
     try:
-        tangent_reads = reads(lambda z_, v: jax.jvp(log_lik, (z_,), (v,))[1], 1, z, z)
+        tangent_reads = derivative_reads(log_lik, z)
     except Exception as error:  # no JVP rule (a callback, an integer op...)
         raise ModelStructureError(
             f"EnSF differentiates the log-density of the emission site {site!r} (its likelihood score), which "

@@ -85,3 +85,10 @@ def reads(fn, argnum, *args):
 def leaves_reading(fn, argnum, *args):
     """Per output leaf, whether it reads argument ``argnum``."""
     return [argnum in dep for dep in dependence(fn, *args)]
+
+
+def derivative_reads(fn, z):
+    """True if the JVP of ``fn`` at z reads its tangent, i.e. fn's derivative is not identically zero
+    (False when fn reads z only through rounding, comparisons, integer casts). Raises whatever
+    ``jax.jvp`` raises for a function without a JVP rule."""
+    return reads(lambda z_, v: jax.jvp(fn, (z_,), (v,))[1], 1, z, z)
