@@ -186,3 +186,29 @@ def test_bad_input_raises_clear_errors():
         lorenz96(dt=0.0)
     with pytest.raises(ValueError, match="distinct state indices"):
         lorenz96(dim=8, observe=(0, 8))
+
+
+def test_vectorised_arctan_float32_within_3_ulp_and_exact_derivative():
+    # the float32 polynomial form of the arctan operator against NumPy's float64 arctan, over the whole
+    # line (both range reductions, tiny and huge arguments), the special values, and its derivative
+    from ssmppl.models.lorenz import arctan
+
+    x = np.concatenate([np.linspace(-30, 30, 600001), np.logspace(-30, 30, 601), -np.logspace(-30, 30, 601),
+                        [0.0, 1.0, -1.0, np.tan(np.pi / 8)]]).astype(np.float32)
+    got = np.asarray(jax.jit(arctan)(jnp.asarray(x)))
+    assert got.dtype == np.float32
+    exact = np.arctan(x.astype(np.float64))
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got - exact) / ulp) <= 3.0
+    special = np.asarray(arctan(jnp.array([np.inf, -np.inf, np.nan], jnp.float32)))
+    np.testing.assert_allclose(special[:2], [np.pi / 2, -np.pi / 2], rtol=1e-7)
+    assert np.isnan(special[2])
+    grad = np.asarray(jax.vmap(jax.grad(arctan))(jnp.asarray(x[::1000])))
+    np.testing.assert_allclose(grad, 1 / (1 + x[::1000].astype(np.float64) ** 2), rtol=1e-6)
+
+
+def test_arctan_float64_is_exact(x64):
+    from ssmppl.models.lorenz import arctan
+
+    x = np.linspace(-20, 20, 4001)
+    np.testing.assert_allclose(np.asarray(arctan(jnp.asarray(x))), np.arctan(x), rtol=1e-15, atol=0)

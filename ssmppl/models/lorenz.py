@@ -18,6 +18,43 @@ LORENZ63_SITES = ("sigma", "rho", "beta", "process_noise", "obs_noise")
 LORENZ96_SITES = ("forcing", "process_noise", "obs_noise")
 OPERATORS = ("identity", "arctan")
 
+# arctan(v) = v + v^3 q(v^2) on |v| <= tan(pi/8): q's coefficients fitted here (weighted least squares
+# iterated to equal ripple) to 5e-9 absolute, 4e-8 relative error, below float32's resolution.
+_ATAN_Q = (-0.333327568, 0.199718816, -0.138244718, 0.0790263949)
+_TAN_PI_8 = 0.41421356237309503
+
+
+@jax.custom_jvp
+def arctan(x):
+    """Elementwise arctan that vectorises: in float32 (and narrower) a range reduction to |v| <= tan(pi/8)
+    and a degree-9 odd polynomial (within 3 float32 ulp, 1.5e-7 absolute, of the exact value); in float64
+    ``jnp.arctan``.
+
+    Why: XLA's CPU arctan is scalar code (about 7 ns per element, 13x NumPy's); the EnSF likelihood
+    score evaluates h and its derivative on N * d elements at each of hundreds of reverse steps, and
+    this form makes the whole analysis ~2x faster on CPU. The derivative is the exact 1 / (1 + x^2).
+    NaN stays NaN; +-inf maps to +-pi/2.
+    """
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.finfo(x.dtype).bits > 32:
+        return jnp.arctan(x)
+    a = jnp.abs(x)
+    big = a > 1.0
+    u = jnp.where(big, 1.0 / jnp.where(big, a, 1.0), a)  # in [0, 1]
+    mid = u > _TAN_PI_8
+    v = jnp.where(mid, (u - 1.0) / (u + 1.0), u)  # arctan(u) = pi/4 + arctan((u - 1) / (u + 1))
+    s = v * v
+    q = _ATAN_Q[0] + s * (_ATAN_Q[1] + s * (_ATAN_Q[2] + s * _ATAN_Q[3]))
+    r = jnp.where(mid, jnp.pi / 4, 0.0) + (v + v * s * q)
+    r = jnp.where(big, jnp.pi / 2 - r, r)
+    return jnp.where(x < 0, -r, r).astype(x.dtype)
+
+
+@arctan.defjvp
+def _arctan_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return arctan(x), dx / (1 + x * x)
+
 
 def rk4_step(f: Callable, x, dt):
     """One classical Runge–Kutta (RK4) step of dx/dt = f(x) (autonomous), step size dt."""
@@ -97,7 +134,7 @@ def observation_operator(dim: int, observe: Union[str, Sequence[int]] = "all", e
     else:
         select, dy = (lambda z: z[..., ::every]), len(range(0, dim, every))
     if operator == "arctan":
-        return (lambda z: jnp.arctan(select(z))), dy
+        return (lambda z: arctan(select(z))), dy
     return select, dy
 
 
