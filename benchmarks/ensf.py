@@ -17,11 +17,12 @@ observation noise and filter keys all from the replicate's seed). The reference 
 0.204 (sigma = 0.05) and 0.484 (sigma = 0.1) at d = 10^6, mean of 10 replicates; per-component
 RMSE barely depends on d. LETKF and ETKF (``EnKF``) run on the same truth and observations.
 
-    python benchmarks/ensf.py                  # d = 1,000 (5 replicates) and 10,000 (2), both sigmas
+    python benchmarks/ensf.py                  # d = 1,000 (5 replicates) and 10,000 (10), both sigmas
     python benchmarks/ensf.py --short          # d = 200, 30 analyses, 1 replicate (the tests)
     python benchmarks/ensf.py --dims 1000 --reps 10
     python benchmarks/ensf.py --dims 1000 --reps 2 --sigmas 0.05 --methods --sparse 2 4 8 --timing-dim 0
         # sparse observations only (seed 001): every k-th component observed
+    python benchmarks/ensf.py --dims 1000 --reps 2 --letkf-sweep    # the LETKF's inflation x radius
 
 Timing (``--timing-dim``, default 10^4): one analysis (500 reverse steps, N = 20) jitted,
 after compilation, against a plain NumPy implementation of the same update (analytic arctan
@@ -80,21 +81,41 @@ def truth_and_observations(seed, dim, sigma, cycles, every=1):
     return simulate(jax.random.PRNGKey(1000 + seed))
 
 
-def methods(dim, num_steps=500):
-    """LETKF/ETKF inflation 1.1 and LETKF radius 4 from a small sweep (d = 200, sigma = 0.05, 150 analyses,
-    one seed; final RMSE): inflation 1.02 diverged (2.7 at radius 2, 4.0 at 4); 1.1 gave 0.050 (radius 2)
-    and 0.040 (radius 4); 1.3 gave 0.082 and 0.073."""
+LETKF_INFLATION, LETKF_RADIUS = 1.1, 2.0  # the best of letkf_sweep at d = 1,000 for both sigmas (results_ensf_cpu.md)
+
+
+def methods(dim, num_steps=500, letkf=None):
+    """EnSF as the reference runs it; LETKF and ETKF with ``letkf = (inflation, radius)`` (default
+    LETKF_INFLATION, LETKF_RADIUS, the best final RMSE of ``letkf_sweep`` at d = 1,000)."""
     from ssmppl import EnKF, EnSF, Localization
 
+    inflation, radius = letkf or (LETKF_INFLATION, LETKF_RADIUS)
     return {
         "EnSF": EnSF(20, num_steps=num_steps, eps_alpha=0.5, eps_beta=0.025, score="paired"),
-        "LETKF": EnKF(20, "letkf", inflation=1.1, localization=Localization.on_ring(4.0, dim),
+        "LETKF": EnKF(20, "letkf", inflation=inflation, localization=Localization.on_ring(radius, dim),
                       store_covariances=False),
-        "ETKF": EnKF(20, "etkf", inflation=1.1, store_covariances=False),
+        "ETKF": EnKF(20, "etkf", inflation=inflation, store_covariances=False),
     }
 
 
-def run_one(name, dim, sigma, cycles, seed, num_steps=500, every=1):
+def letkf_sweep(dim, sigmas, cycles, reps, inflations=(1.02, 1.05, 1.1, 1.2, 1.4), radii=(2.0, 4.0, 8.0)):
+    """Final-step RMSE of the LETKF (mean over ``reps`` seeds) on the benchmark's set-up for each
+    (inflation, radius): {(sigma, inflation, radius): rmse}."""
+    import numpy as np
+
+    out = {}
+    for sigma in sigmas:
+        for inflation in inflations:
+            for radius in radii:
+                finals = [run_one("LETKF", dim, sigma, cycles, seed, letkf=(inflation, radius))[0][-1]
+                          for seed in range(reps)]
+                out[(sigma, inflation, radius)] = float(np.mean(finals))
+                print(f"LETKF d={dim} sigma={sigma} inflation={inflation} radius={radius}: final RMSE "
+                      f"{np.mean(finals):.3f} ({np.array2string(np.array(finals), precision=3)})", flush=True)
+    return out
+
+
+def run_one(name, dim, sigma, cycles, seed, num_steps=500, every=1, letkf=None):
     """Analysis RMSE per cycle (T,) and seconds for the whole run (compilation included); with
     ``every`` > 1 also the RMSE over the unobserved components only."""
     import jax
@@ -104,7 +125,7 @@ def run_one(name, dim, sigma, cycles, seed, num_steps=500, every=1):
     from ssmppl.diagnostics import rmse
 
     truth, y = truth_and_observations(seed, dim, sigma, cycles, every)
-    method = methods(dim, num_steps)[name]
+    method = methods(dim, num_steps, letkf)[name]
     start = time.perf_counter()
     hidden = np.ones(dim, bool)
     hidden[::every] = False
@@ -217,6 +238,8 @@ def main(argv=None):
     parser.add_argument("--timing-dim", type=int, default=None, help="0: no timing")
     parser.add_argument("--sparse", type=int, nargs="*", default=None,
                         help="EnSF with every k-th component observed, for these k (default 2 4 8; none in --short)")
+    parser.add_argument("--letkf-sweep", action="store_true",
+                        help="only the LETKF inflation x radius sweep, at the first dim")
     parser.add_argument("--cpus", type=int, default=1)
     args = parser.parse_args(argv)
     allowed, used = pin_cpus(args.cpus)
@@ -225,10 +248,12 @@ def main(argv=None):
     if args.short:
         dims, reps, cycles, timing_dim = args.dims or [200], args.reps or [1], args.cycles or 30, args.timing_dim or 0
     else:
-        dims, reps = args.dims or [1000, 10000], args.reps or [5, 2]
+        dims, reps = args.dims or [1000, 10000], args.reps or [5, 10]
         cycles = args.cycles or 150
         timing_dim = 10000 if args.timing_dim is None else args.timing_dim
     reps = reps + [reps[-1]] * (len(dims) - len(reps))
+    if args.letkf_sweep:
+        return letkf_sweep(dims[0], args.sigmas, cycles, reps[0])
     results = {}
     print(f"cores {used} of {allowed}; {cycles} analyses; final-step analysis RMSE (mean over replicates)")
     for dim, nrep in zip(dims, reps):

@@ -347,3 +347,49 @@ def test_diverged_analysis_names_the_step(x64):
     y[2, 0] = np.inf
     with pytest.raises(ValueError, match="from step 3 on"):
         SSM(diag_model).filter(None, jnp.asarray(y), method=EnSF(6, num_steps=20), key=jax.random.PRNGKey(0))
+
+
+def _largest_intermediate(closed_jaxpr):
+    """Element count of the largest array any equation in the jaxpr (sub-jaxprs included) produces."""
+    from jax.extend import core as jcore
+
+    def sub_jaxprs(params):
+        for value in params.values():
+            for v in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(v, jcore.ClosedJaxpr):
+                    yield v.jaxpr
+                elif isinstance(v, jcore.Jaxpr):
+                    yield v
+
+    def walk(jaxpr):
+        biggest = 0
+        for eqn in jaxpr.eqns:
+            for var in eqn.outvars:
+                biggest = max(biggest, int(np.prod(getattr(var.aval, "shape", ()), dtype=np.int64)))
+            for sub in sub_jaxprs(eqn.params):
+                biggest = max(biggest, walk(sub))
+        return biggest
+
+    return walk(closed_jaxpr.jaxpr)
+
+
+def test_mixture_score_has_no_n2d_intermediate():
+    # must-show 4: the whole EnSF filter (forecast, reverse SDE with the mixture score, likelihood score) makes
+    # nothing of size N^2 d; the largest arrays are O(N d) (and (N, N) weights). The probe itself is checked
+    # on the naive (N, N, d) form of the same score, which it must catch.
+    N, dim = 16, 64
+    ssm = SSM(lorenz96(dim=dim, obs_noise=0.1, operator="arctan", initial_mean=0.0, initial_scale=1.0))
+    y = jnp.zeros((2, dim), jnp.float32)
+    for score in ("mixture", "paired"):
+        method = EnSF(N, num_steps=3, score=score)
+        jaxpr = jax.make_jaxpr(lambda y, key: method.filter(ssm.state_space(None, y), key))(y, jax.random.PRNGKey(0))
+        assert _largest_intermediate(jaxpr) <= 4 * N * dim, score
+    Z = X = jnp.zeros((N, dim))
+    naive = jax.make_jaxpr(lambda Z, X: _naive_mixture_score_jnp(Z, X, 0.9, 0.3))(Z, X)
+    assert _largest_intermediate(naive) >= N * N * dim
+
+
+def _naive_mixture_score_jnp(Z, X, alpha, beta2):
+    diff = Z[:, None, :] - alpha * X[None, :, :]
+    w = jax.nn.softmax(-jnp.sum(diff ** 2, -1) / (2 * beta2), axis=1)
+    return jnp.einsum("ij,ijd->id", w, -diff / beta2)
