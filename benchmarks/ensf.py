@@ -27,6 +27,10 @@ RMSE barely depends on d. LETKF and ETKF (``EnKF``) run on the same truth and ob
 Timing (``--timing-dim``, default 10^4): one analysis (500 reverse steps, N = 20) jitted,
 after compilation, against a plain NumPy implementation of the same update (analytic arctan
 likelihood score, float32), and one full cycle through ``ssm.filter``. One CPU core by default.
+The achieved bandwidth counts the floor's traffic, 3 N d float32 words per reverse step (read
+the members and the samples, write the samples). On a GPU, d = 10^6:
+    python benchmarks/ensf.py --dims 1000 --reps 1 --sigmas 0.05 --methods EnSF --sparse \
+        --timing-dim 1000000 --no-numpy
 """
 
 from __future__ import annotations
@@ -184,8 +188,9 @@ def model_xla_arctan(dim, sigma):
     return model
 
 
-def timing(dim, sigma=0.05, num_steps=500, repeats=3, xla_arctan=False):
-    """Seconds per analysis: jitted JAX (through the model's emission) and NumPy; and per full cycle."""
+def timing(dim, sigma=0.05, num_steps=500, repeats=3, xla_arctan=False, with_numpy=True):
+    """Seconds per analysis: jitted JAX (through the model's emission) and NumPy (None without); and per
+    full cycle."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -208,11 +213,13 @@ def timing(dim, sigma=0.05, num_steps=500, repeats=3, xla_arctan=False):
         start = time.perf_counter()
         analysis(X, y[0], jax.random.PRNGKey(r)).block_until_ready()
         t_jax.append(time.perf_counter() - start)
-    Xn, yn = np.asarray(X), np.asarray(y[0])
-    rng = np.random.default_rng(0)
-    start = time.perf_counter()
-    numpy_analysis(Xn, yn, sigma, num_steps, 0.5, 0.025, rng)
-    t_np = time.perf_counter() - start
+    t_np = None
+    if with_numpy:
+        Xn, yn = np.asarray(X), np.asarray(y[0])
+        rng = np.random.default_rng(0)
+        start = time.perf_counter()
+        numpy_analysis(Xn, yn, sigma, num_steps, 0.5, 0.025, rng)
+        t_np = time.perf_counter() - start
     # a full cycle (forecast + analysis) through ssm.filter: two runs of T = 1 and T = 3, difference / 2
     from ssmppl import EnSF
 
@@ -240,6 +247,7 @@ def main(argv=None):
                         help="EnSF with every k-th component observed, for these k (default 2 4 8; none in --short)")
     parser.add_argument("--letkf-sweep", action="store_true",
                         help="only the LETKF inflation x radius sweep, at the first dim")
+    parser.add_argument("--no-numpy", action="store_true", help="time JAX only (d = 10^6 on a GPU)")
     parser.add_argument("--cpus", type=int, default=1)
     args = parser.parse_args(argv)
     allowed, used = pin_cpus(args.cpus)
@@ -285,13 +293,20 @@ def main(argv=None):
               f"components {np.mean(hidden):.3f}; replicates {np.array2string(np.array(finals), precision=3)})",
               flush=True)
     if timing_dim:
+        import jax
+
+        device = jax.devices()[0].device_kind
         for xla in (False, True):
-            t_jax, t_np, t_cycle = timing(timing_dim, xla_arctan=xla)
+            t_jax, t_np, t_cycle = timing(timing_dim, xla_arctan=xla, with_numpy=not args.no_numpy)
             label = "jnp.arctan (model_xla_arctan)" if xla else "lorenz96(operator='arctan')"
-            print(f"timing d={timing_dim}, N=20, 500 steps, {label}: JAX {1e3 * t_jax:.0f} ms/analysis, NumPy "
-                  f"{1e3 * t_np:.0f} ms/analysis (NumPy/JAX {t_np / t_jax:.2f}x); full cycle through ssm.filter "
+            # the floor: each reverse step reads the members and the samples and writes the samples (float32)
+            gbps = 3 * 20 * timing_dim * 4 * 500 / t_jax / 1e9
+            numpy_part = "" if t_np is None else (f", NumPy {1e3 * t_np:.0f} ms/analysis (NumPy/JAX "
+                                                  f"{t_np / t_jax:.2f}x)")
+            print(f"timing on {device}, d={timing_dim}, N=20, 500 steps, {label}: JAX {1e3 * t_jax:.0f} ms/analysis "
+                  f"({gbps:.0f} GB/s of the 3 N d words per step){numpy_part}; full cycle through ssm.filter "
                   f"{1e3 * t_cycle:.0f} ms", flush=True)
-            results["timing_xla_arctan" if xla else "timing"] = dict(jax=t_jax, numpy=t_np, cycle=t_cycle)
+            results["timing_xla_arctan" if xla else "timing"] = dict(jax=t_jax, numpy=t_np, cycle=t_cycle, gbps=gbps)
     return results
 
 
