@@ -23,7 +23,7 @@ from typing import Optional
 import jax.numpy as jnp
 
 from ..errors import ModelStructureError
-from ..models.dependence import derivative_reads, reads
+from ..models.dependence import reads, require_derivative
 from ..models.tracing import StateSpace
 from .base import Backend, check_forecastable
 from .gaussian import GAUSSIAN_TYPES, family_name, conditional_moments, gaussian_moments, is_gaussian
@@ -58,21 +58,13 @@ def _check_gaussian(d, site, role, backend):
 def _check_differentiable(mean_fn, z, site, role):
     """Refuse a conditional mean whose Jacobian is identically zero although it reads the state
     (rounding, comparisons, integer casts): the EKF would silently ignore the state there."""
-    if not reads(mean_fn, 0, z):
-        return
-    try:
-        tangent_reads = derivative_reads(mean_fn, z)
-    except Exception as error:  # no JVP rule (a callback, an integer op...)
-        raise ModelStructureError(
-            f"EKF() differentiates the mean of the {role} site {site!r}, which failed ({type(error).__name__}: "
-            f"{error}). Use UKF() or GaussHermite(), which need no derivatives"
-        ) from None
-    if not tangent_reads:
-        raise ModelStructureError(
-            f"EKF() linearises by differentiation, but the mean of the {role} site {site!r} depends on the "
-            "state only through non-differentiable operations (rounding, comparisons, integer casts), so its "
-            "Jacobian is zero. Use UKF() or GaussHermite(), which need no derivatives"
-        )
+    require_derivative(
+        mean_fn, z,
+        lambda error: (f"EKF() differentiates the mean of the {role} site {site!r}, which failed "
+                       f"({type(error).__name__}: {error}). Use UKF() or GaussHermite(), which need no derivatives"),
+        f"EKF() linearises by differentiation, but the mean of the {role} site {site!r} depends on the "
+        "state only through non-differentiable operations (rounding, comparisons, integer casts), so its "
+        "Jacobian is zero. Use UKF() or GaussHermite(), which need no derivatives")
 
 
 @dataclasses.dataclass(frozen=True)

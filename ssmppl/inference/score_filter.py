@@ -62,9 +62,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..errors import ModelStructureError
 from ..learning.expected_log_joint import masked_log_prob
-from ..models.dependence import derivative_reads, reads
+from ..models.dependence import require_derivative
 from .base import Backend, check_forecastable
 from .ensemble import EnsembleFilterResult, _initial_ensemble, _moments, ensemble_forecast
 from .results import FilterResult
@@ -145,23 +144,16 @@ def check_differentiable(problem):
     def log_lik(z_):
         return masked_log_prob(problem.emission(z_, x0), y0, problem.obs_shape)
 
-    if not reads(log_lik, 0, z):
-        return  # the data say nothing about the state: a zero score is the truth
-    try:
-        tangent_reads = derivative_reads(log_lik, z)
-    except Exception as error:  # no JVP rule (a callback, an integer op...)
-        raise ModelStructureError(
-            f"EnSF differentiates the log-density of the emission site {site!r} (its likelihood score), which "
-            f"failed ({type(error).__name__}: {error}). Make the observation operator differentiable, or use "
-            "EnKF or a particle filter, which need no derivatives"
-        ) from None
-    if not tangent_reads:
-        raise ModelStructureError(
-            f"EnSF needs the likelihood score grad_z log p(y | z), but the emission site {site!r} depends on the "
-            "state only through non-differentiable operations (rounding, comparisons, integer casts), so the "
-            "score is zero everywhere and the data would be ignored. Make the observation operator "
-            "differentiable, or use EnKF or a particle filter, which need no derivatives"
-        )
+    # an emission that does not read the state passes: the data say nothing about it, a zero score is the truth
+    require_derivative(
+        log_lik, z,
+        lambda error: (f"EnSF differentiates the log-density of the emission site {site!r} (its likelihood score), "
+                       f"which failed ({type(error).__name__}: {error}). Make the observation operator "
+                       "differentiable, or use EnKF or a particle filter, which need no derivatives"),
+        f"EnSF needs the likelihood score grad_z log p(y | z), but the emission site {site!r} depends on the "
+        "state only through non-differentiable operations (rounding, comparisons, integer casts), so the "
+        "score is zero everywhere and the data would be ignored. Make the observation operator "
+        "differentiable, or use EnKF or a particle filter, which need no derivatives")
 
 
 # -- the analysis: one reverse SDE -----------------------------------------------------------------

@@ -92,3 +92,19 @@ def derivative_reads(fn, z):
     (False when fn reads z only through rounding, comparisons, integer casts). Raises whatever
     ``jax.jvp`` raises for a function without a JVP rule."""
     return reads(lambda z_, v: jax.jvp(fn, (z_,), (v,))[1], 1, z, z)
+
+
+def require_derivative(fn, z, on_failure, on_zero: str):
+    """Trace-time check for a backend that differentiates ``fn`` at z: a ``ModelStructureError`` when fn
+    reads z but ``jax.jvp`` fails (message ``on_failure(error)``) or its derivative is identically zero
+    (message ``on_zero``: rounding, comparisons, integer casts). Nothing when fn does not read z."""
+    from ..errors import ModelStructureError
+
+    if not reads(fn, 0, z):
+        return
+    try:
+        tangent_reads = derivative_reads(fn, z)
+    except Exception as error:  # no JVP rule (a callback, an integer op...)
+        raise ModelStructureError(on_failure(error)) from None
+    if not tangent_reads:
+        raise ModelStructureError(on_zero)
