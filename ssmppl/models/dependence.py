@@ -14,6 +14,8 @@ from __future__ import annotations
 import jax
 from jax.extend import core as jex_core
 
+from ..errors import ModelStructureError
+
 # Call-like primitives whose sub-jaxpr maps inputs and outputs one to one: we
 # look inside them. Everything else (loops, conds, custom linear solves) is
 # treated as "every output reads every input", which is conservative.
@@ -98,8 +100,6 @@ def require_derivative(fn, z, on_failure, on_zero: str):
     """Trace-time check for a backend that differentiates ``fn`` at z: a ``ModelStructureError`` when fn
     reads z but ``jax.jvp`` fails (message ``on_failure(error)``) or its derivative is identically zero
     (message ``on_zero``: rounding, comparisons, integer casts). Nothing when fn does not read z."""
-    from ..errors import ModelStructureError
-
     if not reads(fn, 0, z):
         return
     try:
