@@ -114,10 +114,10 @@ def observation_operator(dim: int, observe: Union[str, Sequence[int]] = "all", e
     """The mean of the observations, ``h(z)`` with z (..., dim), and its size dy.
 
     ``observe``: "all" or a sequence of distinct state indices; ``every=k``: the
-    components 0, k, 2k, ... (a gather with a constant index array rather than a strided
-    slice: XLA's CPU code for a strided slice's gradient fused with elementwise math is
-    scalar, which made EnSF's likelihood score 3.7x slower). The two select in different
-    ways, so giving both (indices and ``every > 1``) is an error.
+    components 0, k, 2k, ... Either way h gathers with a constant index array, not a
+    strided slice: XLA's CPU code for a strided slice's gradient fused with elementwise
+    math is scalar, which made EnSF's likelihood score 3.7x slower. Giving both (indices
+    and ``every > 1``) is ambiguous, so it is an error.
     ``operator``: "identity" (h(z) = z[selected]) or "arctan" (h(z) = arctan(z[selected]),
     the EnSF benchmark's). Returns ``(h, dy)``.
     """
@@ -128,13 +128,10 @@ def observation_operator(dim: int, observe: Union[str, Sequence[int]] = "all", e
                          f"every={every}); for every k-th of some indices pass those indices")
     if operator not in OPERATORS:
         raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
-    if idx is not None:
-        index = jnp.array(idx)
-        select, dy = (lambda z: z[..., index]), len(idx)
-    elif every == 1:
+    if idx is None and every == 1:
         select, dy = (lambda z: z), dim
     else:
-        index = np.arange(0, dim, every)
+        index = np.arange(0, dim, every) if idx is None else np.asarray(idx)
         select, dy = (lambda z: z[..., index]), len(index)
     if operator == "arctan":
         return (lambda z: arctan(select(z))), dy
