@@ -8,3 +8,8 @@ class ModelStructureError(ValueError):
 
 class ObservationShapeError(ValueError):
     """Observations whose shape does not match the emission site."""
+
+
+class CapabilityError(NotImplementedError):
+    """The backend does not provide what was asked (a likelihood, a smoother, path
+    sampling, forecasting...). The message lists the backends that do."""

@@ -7,12 +7,12 @@ import functools
 import numpyro
 from numpyro import handlers
 
-from .inference.base import Backend
-from .inference.kalman import Kalman
+from .inference import DEFAULT_BACKEND
+from .inference.base import Backend, Capability, require
 from .models.tracing import ScanInterceptor, discover
 
 
-def marginalize(model, method: Backend = Kalman(), latent=None, obs=None):
+def marginalize(model, method: Backend = DEFAULT_BACKEND, latent=None, obs=None):
     """Return ``model`` with its latent path (initial state included) integrated out.
 
     The returned function has the model's signature. The scan over time is
@@ -26,8 +26,7 @@ def marginalize(model, method: Backend = Kalman(), latent=None, obs=None):
     is not sampled. Sampling backends take their key from the enclosing
     ``numpyro.handlers.seed``.
     """
-    if not isinstance(method, Backend):
-        raise TypeError(f"method must be an ssmppl backend such as Kalman(), got {method!r}")
+    require(method, Capability.LIKELIHOOD, needed_by="marginalize")
 
     @functools.wraps(model)
     def marginal_model(*args, **kwargs):

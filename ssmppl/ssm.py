@@ -9,81 +9,25 @@ import jax.numpy as jnp
 from numpyro import handlers
 
 from ._jit import jit_by_arrays
-from .inference.base import Backend
-from .inference.kalman import Kalman, linear_gaussian_params
+from .inference import DEFAULT_BACKEND
+from .inference.base import Backend, Capability, require
+from .inference.validation import invalid_input_message, parameter_checks
 from .models.tracing import ScanInterceptor, SiteNames, discover, trace_model, trace_state_space
-
-
-def _check_method(method):
-    if not isinstance(method, Backend):
-        raise TypeError(f"method must be an ssmppl backend such as Kalman(), got {method!r}")
-    return method
 
 
 def _is_concrete(x):
     return not isinstance(x, jax.core.Tracer)
 
 
-_FIELD_ROLES = {
-    "initial_mean": "initial-state mean", "initial_covariance": "initial-state covariance",
-    "F": "transition matrix", "c": "transition offset", "Q": "transition covariance",
-    "H": "emission matrix", "d": "emission offset", "R": "emission covariance",
-}
-
-
-def _diagnose_nan(problem):
-    """Why a linear Gaussian filter gave NaN, per field: NaN entries, or (covariances)
-    negative eigenvalues, a singular emission covariance. Time-varying fields per step."""
-    from .inference.linear_gaussian import time_varying
-
-    params = linear_gaussian_params(problem)
-    report = {}
-    for name, value, tv in zip(params._fields, params, time_varying(params)):
-        per_step = value if tv else value[None]
-        bad = jnp.isnan(per_step).reshape((per_step.shape[0], -1)).any(-1)
-        if name in ("initial_covariance", "Q", "R"):
-            eig = jnp.linalg.eigvalsh(jnp.nan_to_num(per_step))
-            tol = 1e-10 * jnp.abs(eig).max(-1)
-            bad = bad | ((eig.min(-1) <= tol) if name == "R" else (eig.min(-1) < -tol))
-        report[name] = bad
-    return report
-
-
-def _raise_if_nan(ssm, result, method, params, args, kwargs):
-    """Bad input gets an error, not a silent NaN: explain a NaN log-likelihood when we can."""
-    # concrete (outside jit) results only; filtered_means exist for every backend, log_predictive not for EnSF
-    probe = getattr(result, "filtered_means", None)
-    if probe is not None and _is_concrete(probe):
-        problem = method.diagnose(result)
-        if problem:
-            raise ValueError(problem)
-    ll = getattr(result, "marginal_loglik", None)
-    if ll is None or not _is_concrete(ll) or not bool(jnp.isnan(ll)):
-        return
-    msg = f"{type(method).__name__} returned a NaN log-likelihood"
-    if isinstance(method, Kalman):
-        names = ssm.site_names(*args, **kwargs)
-        report = jit_by_arrays(ssm._diagnose, params, *args, **kwargs)
-        problems = []
-        for field, bad in report.items():
-            bad = jnp.asarray(bad)
-            if bool(bad.any()):
-                steps = [int(i) + 1 for i in jnp.nonzero(bad)[0][:5]] if bad.shape[0] > 1 else None
-                site = names.init if field.startswith("initial") else (names.latent if field in "FcQ" else names.obs)
-                what = _FIELD_ROLES[field]
-                extra = " (NaN or not positive semi-definite)" if field in ("initial_covariance", "Q") else (
-                    " (NaN or not positive definite)" if field == "R" else " (NaN)")
-                problems.append(f"{what} of site {site!r}{extra}" + (f" at steps {steps}" if steps else ""))
-        if problems:
-            raise ValueError(msg + ": invalid " + "; ".join(problems) + ". NaN is allowed only in "
-                             "observations (missing data); covariances must be positive definite")
-    raise ValueError(msg + ": check parameters and inputs for NaN/inf and covariances for positive definiteness")
-
-
 def _check_key(method, key):
     if method.requires_key and key is None:
         raise ValueError(f"{type(method).__name__} samples: pass key=jax.random.PRNGKey(...)")
     return key
+
+
+def _checked(method, key, capabilities=(), needed_by="ssm.filter"):
+    require(method, *capabilities, needed_by=needed_by)
+    return _check_key(method, key)
 
 
 class SSM:
@@ -153,49 +97,70 @@ class SSM:
         return states.reshape(T, -1), emissions.reshape(T, -1)
 
     # -- filtering and smoothing ---------------------------------------------
-    def filter(self, params, *args, method: Backend = Kalman(), key=None, **kwargs):
-        """Filter: a result with ``marginal_loglik``, ``log_predictive (T,)``,
-        ``filtered_means (T, dz)``, ``filtered_covariances (T, dz, dz)``,
-        ``predicted_means``, ``predicted_covariances``."""
-        _check_key(_check_method(method), key)
-        result = jit_by_arrays(self._filter, method, key, params, *args, **kwargs)
-        _raise_if_nan(self, result, method, params, args, kwargs)
+    def filter(self, params, *args, method: Backend = DEFAULT_BACKEND, key=None, **kwargs):
+        """Filter: a ``FilterResult`` with ``filtered_means (T, dz)``, ``filtered_covariances
+        (T, dz, dz)``, ``predicted_means``, ``predicted_covariances`` and, for backends with a
+        likelihood, ``marginal_loglik`` and ``log_predictive (T,)``."""
+        _checked(method, key)
+        result, checks = jit_by_arrays(self._filter, method, key, params, *args, **kwargs)
+        self._raise_if_unusable(method, result, checks, params, args, kwargs)
         return result
 
     def _filter(self, method, key, params, *args, **kwargs):
-        return method.filter(self.state_space(params, *args, **kwargs), key)
+        problem, outer = self._trace(params, args, kwargs)
+        return method.filter(problem, key), parameter_checks(problem, outer)
 
-    def smooth(self, params, *args, method: Backend = Kalman(), key=None, **kwargs):
-        """Filter and smooth: adds ``smoothed_means (T, dz)``, ``smoothed_covariances``,
-        ``smoothed_cross_covariances (T-1, dz, dz)`` (Cov[z_t, z_{t+1} | y]) and the
-        smoothed initial state."""
-        _check_key(_check_method(method), key)
-        result = jit_by_arrays(self._smooth, method, key, params, *args, **kwargs)
-        _raise_if_nan(self, result, method, params, args, kwargs)
+    def smooth(self, params, *args, method: Backend = DEFAULT_BACKEND, key=None, **kwargs):
+        """Filter and smooth: a ``SmoothResult`` holding the filter's result (``.filtered``,
+        whose fields it also answers) and ``smoothed_means (T, dz)``, ``smoothed_covariances``,
+        ``smoothed_cross_covariances (T-1, dz, dz)`` (Cov[z_t, z_{t+1} | y]) and the smoothed
+        initial state."""
+        _checked(method, key, (Capability.SMOOTH,), "ssm.smooth")
+        result, checks = jit_by_arrays(self._smooth, method, key, params, *args, **kwargs)
+        self._raise_if_unusable(method, result, checks, params, args, kwargs)
         return result
 
     def _smooth(self, method, key, params, *args, **kwargs):
-        return method.smooth(self.state_space(params, *args, **kwargs), key)
+        problem, outer = self._trace(params, args, kwargs)
+        return method.smooth(problem, key), parameter_checks(problem, outer)
 
-    def log_likelihood(self, params, *args, method: Backend = Kalman(), key=None, **kwargs):
+    def log_likelihood(self, params, *args, method: Backend = DEFAULT_BACKEND, key=None, **kwargs):
         """log p(y_{1:T} | params), the latent path integrated out (an estimate for sampling backends)."""
-        _check_key(_check_method(method), key)
-        ll = jit_by_arrays(self._log_likelihood, method, key, params, *args, **kwargs)
-        if _is_concrete(ll) and not bool(jnp.isfinite(ll)):
-            _raise_if_nan(self, self.filter(params, *args, method=method, key=key, **kwargs), method, params, args, kwargs)
+        _checked(method, key, (Capability.LIKELIHOOD,), "ssm.log_likelihood")
+        ll, checks = jit_by_arrays(self._log_likelihood, method, key, params, *args, **kwargs)
+        if _is_concrete(ll):
+            self._raise_if_invalid(checks)
+            if not bool(jnp.isfinite(ll)):  # explain it from the filter
+                self.filter(params, *args, method=method, key=key, **kwargs)
+                raise ValueError(f"{type(method).__name__} returned a log-likelihood of {float(ll)}")
         return ll
 
-    def _diagnose(self, params, *args, **kwargs):
-        return _diagnose_nan(self.state_space(params, *args, **kwargs))
-
     def _log_likelihood(self, method, key, params, *args, **kwargs):
-        return method.log_likelihood(self.state_space(params, *args, **kwargs), key)
+        problem, outer = self._trace(params, args, kwargs)
+        return method.log_likelihood(problem, key), parameter_checks(problem, outer)
 
-    def forecast(self, params, num_steps: int, *args, method: Backend = Kalman(), key=None, **kwargs):
+    def _raise_if_invalid(self, checks):
+        message = invalid_input_message(checks)
+        if message:
+            raise ValueError(message)
+
+    def _raise_if_unusable(self, method, result, checks, params, args, kwargs):
+        """Bad input gets an error, not a silent NaN: parameters and data are checked first, then
+        the backend explains a non-finite result (concrete results only: not under jit/vmap/grad)."""
+        if not _is_concrete(result.filtered_means):
+            return
+        self._raise_if_invalid(checks)
+        filtered = getattr(result, "filtered", result)
+        ll = getattr(filtered, "marginal_loglik", None)
+        if ll is not None and not bool(jnp.isfinite(ll)) or not bool(jnp.isfinite(result.filtered_means).all()):
+            message = method.diagnose(self.state_space(params, *args, **kwargs), filtered)
+            raise ValueError(message or f"{type(method).__name__} returned a non-finite result")
+
+    def forecast(self, params, num_steps: int, *args, method: Backend = DEFAULT_BACKEND, key=None, **kwargs):
         """Moments of the next ``num_steps`` states and emissions after the data:
         ``state_means (H, dz)``, ``state_covariances``, ``emission_means (H, dy)``,
         ``emission_covariances``."""
-        _check_key(_check_method(method), key)
+        _checked(method, key, (Capability.FORECAST,), "ssm.forecast")
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
         return jit_by_arrays(self._forecast, method, key, num_steps, params, *args, **kwargs)
@@ -208,10 +173,11 @@ class SSM:
             filter_key = None
         return method.forecast(problem, method.filter(problem, filter_key), num_steps, key)
 
-    def posterior_predictive(self, params, *args, method: Backend = Kalman(), key=None, **kwargs):
+    def posterior_predictive(self, params, *args, method: Backend = DEFAULT_BACKEND, key=None, **kwargs):
         """Smoothed emission means and standard deviations, each (T, dy):
         E[y_t | y_{1:T}] and sd[y_t | y_{1:T}] (emission noise included)."""
-        _check_key(_check_method(method), key)
+        _checked(method, key, (Capability.SMOOTH, Capability.POSTERIOR_PREDICTIVE),
+                 "ssm.posterior_predictive")
         return jit_by_arrays(self._posterior_predictive, method, key, params, *args, **kwargs)
 
     def _posterior_predictive(self, method, key, params, *args, **kwargs):
@@ -219,7 +185,7 @@ class SSM:
         return method.posterior_predictive(problem, method.smooth(problem, key))
 
     # -- learning parameters -------------------------------------------------
-    def fit_em(self, params, *args, num_iters: int = 100, method: Backend = Kalman(), frozen=(), tol=None,
+    def fit_em(self, params, *args, num_iters: int = 100, method: Backend = DEFAULT_BACKEND, frozen=(), tol=None,
                progress_bar: bool = True, m_step: str = "auto", m_step_iters: int = 15, m_step_optimizer=None,
                key=None, **kwargs):
         """Fit the global sites by expectation-maximisation; returns ``(params, log_liks (n,))``.
@@ -251,11 +217,12 @@ class SSM:
         """
         from .learning.em import fit_em
 
-        return fit_em(self, params, args, kwargs, num_iters=num_iters, method=_check_method(method), frozen=frozen,
+        require(method, Capability.SMOOTH, Capability.LIKELIHOOD, needed_by="fit_em")
+        return fit_em(self, params, args, kwargs, num_iters=num_iters, method=method, frozen=frozen,
                       tol=tol, progress_bar=progress_bar, m_step=m_step, m_step_iters=m_step_iters,
                       m_step_optimizer=m_step_optimizer, key=key)
 
-    def fit_sgd(self, params, *args, optimizer=None, num_epochs: int = 1000, method: Backend = Kalman(), frozen=(),
+    def fit_sgd(self, params, *args, optimizer=None, num_epochs: int = 1000, method: Backend = DEFAULT_BACKEND, frozen=(),
                 batch_size=None, key=None, progress_bar: bool = True, **kwargs):
         """Fit the global sites by gradient descent; returns ``(params, losses (num_epochs,))``.
 
@@ -274,12 +241,13 @@ class SSM:
         from .learning.sgd import fit_sgd
 
         return fit_sgd(self, params, args, kwargs, optimizer=optimizer, num_epochs=num_epochs,
-                       method=_check_method(method), frozen=frozen, batch_size=batch_size, key=key,
+                       method=require(method, Capability.LIKELIHOOD, needed_by="fit_sgd"), frozen=frozen,
+                       batch_size=batch_size, key=key,
                        progress_bar=progress_bar)
 
     # -- Bayesian inference --------------------------------------------------
     def sample_posterior(self, key, *args, num_warmup: int = 1000, num_samples: int = 1000, num_chains: int = 4,
-                         method: Optional[Backend] = Kalman(), backend: str = "numpyro",
+                         method: Optional[Backend] = DEFAULT_BACKEND, backend: str = "numpyro",
                          chain_method: str = "vectorized", progress_bar: bool = True, params=None,
                          target_accept_prob: float = 0.8, dense_mass: bool = False, max_tree_depth: int = 10,
                          init_params=None, **kwargs):
@@ -319,14 +287,14 @@ class SSM:
         from .bayes.nuts import sample_posterior
 
         if method is not None:
-            _check_method(method)
+            require(method, Capability.LIKELIHOOD, needed_by="sample_posterior")
         return sample_posterior(self, key, args, kwargs, num_warmup=num_warmup, num_samples=num_samples,
                                 num_chains=num_chains, method=method, backend=backend, chain_method=chain_method,
                                 progress_bar=progress_bar, params=params, target_accept_prob=target_accept_prob,
                                 dense_mass=dense_mass, max_tree_depth=max_tree_depth, init_params=init_params)
 
     def fit_svi(self, key, *args, guide="normal", optimizer=None, num_steps: int = 5000,
-                method: Optional[Backend] = Kalman(), num_samples: int = 1000, num_particles: int = 1,
+                method: Optional[Backend] = DEFAULT_BACKEND, num_samples: int = 1000, num_particles: int = 1,
                 progress_bar: bool = True, params=None, **kwargs):
         """Variational inference on the global ``numpyro.sample`` sites of the marginal model.
 
@@ -339,6 +307,6 @@ class SSM:
         from .bayes.svi import fit_svi
 
         if method is not None:
-            _check_method(method)
+            require(method, Capability.LIKELIHOOD, needed_by="fit_svi")
         return fit_svi(self, key, args, kwargs, guide=guide, optimizer=optimizer, num_steps=num_steps, method=method,
                        num_samples=num_samples, num_particles=num_particles, progress_bar=progress_bar, params=params)

@@ -158,9 +158,10 @@ def test_non_positive_definite_covariance_is_named():
     ssm = SSM(linear_gaussian_ssm(2, 3))
     p = ssm.init_params(jax.random.PRNGKey(0), T=3)
     y = np.ones((5, 3))
-    with pytest.raises(ValueError, match=r"transition covariance of site 'z' \(NaN or not positive semi-definite\)"):
+    with pytest.raises(ValueError, match=r"parameter 'Q' .* outside its support \(PositiveDefinite\).*transition "
+                       r"covariance of site 'z' is NaN or not positive semi-definite"):
         ssm.log_likelihood(dict(p, Q=jnp.array([[1.0, 2.0], [2.0, 1.0]])), y)
-    with pytest.raises(ValueError, match=r"emission covariance of site 'y'"):
+    with pytest.raises(ValueError, match=r"parameter 'R'.*emission covariance of site 'y'"):
         ssm.filter(dict(p, R=-jnp.eye(3)), y)
 
 
@@ -178,7 +179,7 @@ def test_nan_in_inputs_is_an_error_with_the_step():
 
     u = np.zeros(6)
     u[3] = np.nan
-    with pytest.raises(ValueError, match=r"transition offset of site 'z' \(NaN\) at steps \[4\]"):
+    with pytest.raises(ValueError, match=r"transition mean of site 'z' is NaN at steps \[4\]"):
         SSM(model).smooth(None, u, np.ones(6))
     # NaN observations are data, not an error
     y = np.ones(6)

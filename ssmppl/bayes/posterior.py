@@ -16,8 +16,8 @@ import numpy as np
 from jax import lax
 
 from .._jit import jit_by_arrays
-from ..inference.base import Backend, check_forecastable
-from ..inference.kalman import Kalman
+from ..inference import DEFAULT_BACKEND
+from ..inference.base import Backend, Capability, check_forecastable, require
 
 def _params_of(fixed, draw):
     return {**fixed, **draw}
@@ -129,8 +129,8 @@ class Posterior:
         return jax.tree.map(lambda a: jnp.reshape(a, (c, d) + a.shape[1:]), tree)
 
     def _derived_method(self):
-        # Joint samplers have no filter of their own; derived filter quantities use the exact one.
-        return self.method if self.method is not None else Kalman()
+        # Joint samplers have no filter of their own; derived filter quantities use the default one.
+        return self.method if self.method is not None else DEFAULT_BACKEND
 
     def params(self, chain: int, draw: int) -> dict:
         """The complete global-site dict of one draw (as ``SSM`` methods take it)."""
@@ -145,6 +145,10 @@ class Posterior:
         if states is None:
             states = self.states
         method = self._derived_method()
+        if "states" in what and states is None:
+            require(method, Capability.SAMPLE_STATES, needed_by="Posterior.sample_states")
+        if "log_predictive" in what:
+            require(method, Capability.LIKELIHOOD, needed_by="Posterior.log_likelihood")
         random = ("predictive" in what or ("states" in what and states is None)
                   or ("log_predictive" in what and method.requires_key))
         if key is None:

@@ -1,6 +1,6 @@
 """Inference backends. Each is a marginaliser: it integrates the latent path out."""
 
-from .base import Backend
+from .base import Backend, Capability
 from .ensemble import EnKF, EnsembleFilterResult, EnsembleSmoothResult
 from .inflation import RTPP, RTPS, Adaptive, Additive, Multiplicative
 from .kalman import Kalman, linear_gaussian_params
@@ -10,7 +10,10 @@ from .particle import AuxiliaryPF, BootstrapPF, GuidedPF, ParticleFilterResult, 
 from .results import FilterResult, Forecast, SmoothResult
 from .score_filter import EnSF
 
-__all__ = ["Backend", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "BootstrapPF", "GuidedPF",
+# What the facade uses when no method is given: exact where the model allows, and it says so where not.
+DEFAULT_BACKEND = Kalman()
+
+__all__ = ["Backend", "Capability", "DEFAULT_BACKEND", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "BootstrapPF", "GuidedPF",
            "AuxiliaryPF", "EnKF", "EnSF", "Localization", "Multiplicative", "Additive", "RTPS", "RTPP", "Adaptive",
            "EnsembleFilterResult", "EnsembleSmoothResult", "linear_gaussian_params", "FilterResult", "SmoothResult",
            "Forecast", "ParticleFilterResult", "ParticleSmoothResult"]

@@ -4,37 +4,106 @@ A backend is a small frozen dataclass holding only its settings. It receives a
 ``StateSpace`` (distributions and observations read off the user's model, see
 ``ssmppl.models.tracing``) and a PRNG key, and returns result pytrees. Methods
 run inside ``jit``; they must be pure JAX.
+
+What a backend can do beyond filtering is declared once, in its
+``capabilities`` (a frozenset of ``Capability``), and read in one place,
+``require``: the facade, learning and Bayesian code call it before using a
+capability, and the refusal lists, by generation from the declarations, the
+backends that have it. A declared capability must come with its method
+(checked when the class is defined); an undeclared one is refused by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+from typing import ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
 
-from ..errors import ModelStructureError
+from ..errors import CapabilityError, ModelStructureError
 from ..models.dependence import reads
 from ..models.tracing import StateSpace
 from .results import FilterResult, Forecast, SmoothResult
+from .validation import first_nonfinite_step, overflow_hint
+
+
+class Capability(enum.Enum):
+    """What a backend may provide beyond ``filter``; the value says what it is, for messages."""
+
+    LIKELIHOOD = "likelihood"
+    SMOOTH = "smoother"
+    SAMPLE_STATES = "path sampler"
+    FORECAST = "forecast"
+    POSTERIOR_PREDICTIVE = "posterior predictive"
+
+
+# The method each capability needs a backend to implement.
+_METHOD = {
+    Capability.LIKELIHOOD: "filter",  # log_likelihood and log_predictive read the filter's result by default
+    Capability.SMOOTH: "smooth",
+    Capability.SAMPLE_STATES: "sample_states",
+    Capability.FORECAST: "forecast",
+    Capability.POSTERIOR_PREDICTIVE: "posterior_predictive",
+}
+
+_REGISTRY: list = []  # public backend classes, in definition order
+
+
+def backends_with(capability: Capability) -> list:
+    """Names of the public backends that declare ``capability`` (in definition order)."""
+    return [cls.__name__ for cls in _REGISTRY if capability in cls.capabilities]
+
+
+def refusal(method, capability: Capability, needed_by: str) -> str:
+    """The one message for a backend asked for a capability it does not declare."""
+    others = ", ".join(backends_with(capability)) or "none"
+    return (f"{type(method).__name__} has no {capability.value} (Capability.{capability.name}), which "
+            f"{needed_by} needs. Backends with one: {others}")
+
+
+def require(method, *capabilities: Capability, needed_by: str):
+    """Raise ``CapabilityError`` unless ``method`` declares every capability; return it."""
+    if not isinstance(method, Backend):
+        raise TypeError(f"method must be an ssmppl backend such as Kalman(), got {method!r}")
+    for capability in capabilities:
+        if capability not in method.capabilities:
+            raise CapabilityError(refusal(method, capability, needed_by))
+    return method
 
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
-    """Base class: override ``filter`` at least.
+    """Base class: override ``filter`` at least, and declare ``capabilities``.
 
+    ``capabilities``: what the backend provides beyond filtering (``Capability``);
+    each needs its method overridden (``LIKELIHOOD``: a filter result with
+    ``log_predictive`` and ``marginal_loglik``).
     ``requires_key``: sampling backends (particle, ensemble) set it to True and
     get a ``jax.random`` key; exact backends get ``None``.
     ``noisy_likelihood``: the log-likelihood is the log of a random (unbiased)
     estimate, so ``sample_posterior`` runs particle marginal Metropolis-Hastings.
     """
 
-    requires_key = False
-    provides_likelihood = True
-    noisy_likelihood = False  # True: log_likelihood is a random estimate (particle filters): PMMH, not HMC
+    capabilities: ClassVar[frozenset] = frozenset()
+    requires_key: ClassVar[bool] = False
+    noisy_likelihood: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for capability in cls.capabilities:
+            name = _METHOD[capability]
+            if getattr(cls, name) is getattr(Backend, name):
+                raise TypeError(f"{cls.__name__} declares {capability.name} but does not implement {name}()")
+        if not cls.__name__.startswith("_"):
+            _REGISTRY.append(cls)
+
+    def _refuse(self, capability: Capability, needed_by: str):
+        raise CapabilityError(refusal(self, capability, needed_by))
 
     def filter(self, problem: StateSpace, key=None) -> FilterResult:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement filter()")
 
     def _key(self, key):
         """The key of a sampling backend, or an error saying one is needed."""
@@ -42,30 +111,43 @@ class Backend:
             raise ValueError(f"{type(self).__name__} samples: pass key=jax.random.PRNGKey(...)")
         return key
 
-    def diagnose(self, result) -> "str | None":
-        """Outside jit, on a concrete result: a message explaining why it is unusable, or None."""
-        return None
+    def diagnose(self, problem: StateSpace, result) -> Optional[str]:
+        """Outside jit, on a concrete result whose parameters passed ``validation``: why the
+        result is unusable (a message naming the step), or None. Subclasses explain their
+        own failure modes and fall back on this one."""
+        step = first_nonfinite_step(result)
+        if step is None:
+            return None
+        return (f"{type(self).__name__}: the filter is not finite from step {step} on"
+                f"{overflow_hint(problem.observations, step)}")
 
     def smooth(self, problem: StateSpace, key=None) -> SmoothResult:
-        raise NotImplementedError(f"{type(self).__name__} has no smoother")
+        self._refuse(Capability.SMOOTH, "smooth")
 
     def log_likelihood(self, problem: StateSpace, key=None):
+        if Capability.LIKELIHOOD not in self.capabilities:
+            self._refuse(Capability.LIKELIHOOD, "log_likelihood")
         return self.filter(problem, key).marginal_loglik
 
     def log_predictive(self, problem: StateSpace, key=None):
         """(T,) one-step-ahead log predictive densities; they sum to the marginal log-likelihood."""
+        if Capability.LIKELIHOOD not in self.capabilities:
+            self._refuse(Capability.LIKELIHOOD, "log_predictive")
         return self.filter(problem, key).log_predictive
 
     def sample_states(self, problem: StateSpace, key):
         """One draw (T, dz) of the latent path z_{1:T} from p(z_{1:T} | y_{1:T})."""
-        raise NotImplementedError(f"{type(self).__name__} cannot sample latent paths")
+        self._refuse(Capability.SAMPLE_STATES, "sample_states")
 
     def forecast(self, problem: StateSpace, filtered: FilterResult, num_steps: int, key=None) -> Forecast:
-        raise NotImplementedError(f"{type(self).__name__} cannot forecast")
+        self._refuse(Capability.FORECAST, "forecast")
 
     def posterior_predictive(self, problem: StateSpace, smoothed: SmoothResult):
         """Means and standard deviations (T, dy) of y_t under the smoothed state."""
-        raise NotImplementedError(f"{type(self).__name__} has no posterior predictive")
+        self._refuse(Capability.POSTERIOR_PREDICTIVE, "posterior_predictive")
+
+
+ALL_CAPABILITIES = frozenset(Capability)
 
 
 def check_forecastable(problem: StateSpace):

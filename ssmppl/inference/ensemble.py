@@ -58,7 +58,7 @@ from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 
 from ..errors import ModelStructureError
-from .base import Backend, check_forecastable
+from .base import ALL_CAPABILITIES, Backend, check_forecastable
 from .gaussian import family_name, gaussian_parts, is_gaussian
 from .inflation import Adaptive, Multiplicative, RTPP, adaptive_of, as_inflation, inflate, update_adaptive
 from .localization import Localization
@@ -457,6 +457,7 @@ class EnKF(Backend):
     keep_ensembles: bool = False
     store_covariances: bool = True
 
+    capabilities = ALL_CAPABILITIES
     requires_key = True
 
     def __post_init__(self):
@@ -513,7 +514,7 @@ class EnKF(Backend):
 
         return mixture_predictive(problem, jnp.swapaxes(smoothed.smoothed_ensembles, 0, 1))
 
-    def diagnose(self, result) -> Optional[str]:
+    def diagnose(self, problem, result) -> Optional[str]:
         bad = ~np.isfinite(np.asarray(result.filtered_means)).all(axis=-1)
         if not bad.any():
             return None

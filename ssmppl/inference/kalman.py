@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from ..errors import ModelStructureError
 from ..models.dependence import leaves_reading, reads
 from ..models.tracing import StateSpace
-from .base import Backend
+from .base import ALL_CAPABILITIES, Backend
 from .gaussian import GAUSSIAN_TYPES, family_name, gaussian_moments, is_gaussian
 from .linear_gaussian import (
     LinearGaussianParams,
@@ -123,6 +123,8 @@ class Kalman(Backend):
 
     parallel: bool = False
     square_root: Optional[bool] = None
+
+    capabilities = ALL_CAPABILITIES
 
     def _use_square_root(self, dtype):
         if self.square_root is None:

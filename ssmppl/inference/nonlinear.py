@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from ..errors import ModelStructureError
 from ..models.dependence import reads, require_derivative
 from ..models.tracing import StateSpace
-from .base import Backend, check_forecastable
+from .base import ALL_CAPABILITIES, Backend, check_forecastable
 from .gaussian import GAUSSIAN_TYPES, family_name, conditional_moments, gaussian_moments, is_gaussian
 from .gaussian_filter import (
     GaussianModel,
@@ -70,6 +70,8 @@ def _check_differentiable(mean_fn, z, site, role):
 @dataclasses.dataclass(frozen=True)
 class _GaussianApproximation(Backend):
     """Shared machinery: subclasses say which rule, which moments, which checks."""
+
+    capabilities = ALL_CAPABILITIES
 
     def _name(self):
         return type(self).__name__

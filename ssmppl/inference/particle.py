@@ -49,7 +49,7 @@ from jax import lax
 
 from ..errors import ModelStructureError
 from ..learning.expected_log_joint import masked_log_prob
-from .base import Backend, check_forecastable
+from .base import ALL_CAPABILITIES, Backend, check_forecastable
 from .gaussian import conditional_moments, family_name, gaussian_moments, is_gaussian
 from .gaussian_filter import factor_or_repair
 from .kalman import _affine_parts, _check_affine
@@ -357,6 +357,7 @@ class _ParticleBackend(Backend):
     smoother: str = "ffbsi"
     num_trajectories: int = 100
 
+    capabilities = ALL_CAPABILITIES
     requires_key = True
     noisy_likelihood = True
 
@@ -414,11 +415,11 @@ class _ParticleBackend(Backend):
         """E[y_t | y_{1:T}] and sd[y_t | y_{1:T}] (T, dy), mixing p(y_t | z_t) over the smoothed paths."""
         return mixture_predictive(problem, smoothed.trajectories)
 
-    def diagnose(self, result) -> Optional[str]:
+    def diagnose(self, problem, result) -> Optional[str]:
         """A message when some step's weights were all zero or not finite (checked outside jit)."""
         step = first_impossible_step(result.log_predictive)
         if step is None:
-            return None
+            return super().diagnose(problem, result)
         return (f"{type(self).__name__}: at step {step} every particle's log-weight is -inf or NaN (the observation "
                 f"is impossible, or its log-density not finite, under all {self.num_particles} particles), so the "
                 "likelihood estimate is zero and the filter cannot go on. Check the data at that step and the "

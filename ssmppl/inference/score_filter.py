@@ -64,22 +64,11 @@ from jax import lax
 
 from ..learning.expected_log_joint import masked_log_prob
 from ..models.dependence import require_derivative
-from .base import Backend, check_forecastable
+from .base import Backend, Capability, check_forecastable
 from .ensemble import EnsembleFilterResult, _initial_ensemble, _moments, ensemble_forecast
 from .results import FilterResult
 
 SCORES = ("paired", "mixture")
-
-LIKELIHOOD_BACKENDS = ("Kalman (linear Gaussian), EKF, UKF, GaussHermite, MomentMatching (Gaussian "
-                       "approximations), BootstrapPF, GuidedPF, AuxiliaryPF (particle filters) and EnKF (ensemble "
-                       "Gaussian approximation)")
-
-
-def no_likelihood_message(what: str) -> str:
-    return (f"EnSF gives no likelihood estimate, so it cannot be used for {what}: its analysis samples come from "
-            f"a reverse diffusion that has no normalising constant. Use a backend that provides one: "
-            f"{LIKELIHOOD_BACKENDS}")
-
 
 # -- the noising schedule --------------------------------------------------------------------------
 
@@ -263,8 +252,8 @@ class EnSF(Backend):
     keep_ensembles: bool = False
     store_covariances: bool = False
 
+    capabilities = frozenset({Capability.FORECAST})
     requires_key = True
-    provides_likelihood = False
 
     def __post_init__(self):
         n = self.num_members
@@ -287,18 +276,6 @@ class EnSF(Backend):
     def filter(self, problem, key=None) -> EnsembleFilterResult:
         return score_filter(problem, self._key(key), self)
 
-    def log_likelihood(self, problem, key=None):
-        raise NotImplementedError(no_likelihood_message("a log-likelihood (log_likelihood, fit_sgd, marginalize, "
-                                                        "sample_posterior)"))
-
-    def log_predictive(self, problem, key=None):
-        raise NotImplementedError(no_likelihood_message("one-step log predictive densities (marginalize, "
-                                                        "sample_posterior, log_likelihood)"))
-
-    def smooth(self, problem, key=None):
-        raise NotImplementedError("EnSF has no smoother (and no likelihood, so fit_em cannot use it either): use "
-                                  "EnKF (the EnKS) or a particle smoother")
-
     def forecast(self, problem, filtered: FilterResult, num_steps, key=None):
         from .particle import particle_forecast
 
@@ -308,7 +285,7 @@ class EnSF(Backend):
         log_w = jnp.full(X.shape[0], -jnp.log(X.shape[0]), X.dtype)
         return particle_forecast(problem, X, log_w, x_last, num_steps, self._key(key))
 
-    def diagnose(self, result) -> Optional[str]:
+    def diagnose(self, problem, result) -> Optional[str]:
         bad = ~np.isfinite(np.asarray(result.filtered_means)).all(axis=-1)
         if not bad.any():
             return None
