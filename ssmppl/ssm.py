@@ -200,7 +200,8 @@ class SSM:
         E-step. ``tol``: stop once |log_liks[i] - log_liks[i-1]| <= tol * |log_liks[i]|.
         ``frozen``: global sites kept exactly at their given values.
 
-        ``m_step``: "auto" (closed form for ``ssmppl.models.linear_gaussian_ssm``,
+        ``m_step``: "auto" (closed form when the model carries one as
+        ``model.closed_form_m_step``, as ``ssmppl.models.linear_gaussian_ssm`` does;
         generalised otherwise), "closed_form" or "generalised": maximise the expected
         log joint under the smoothed posterior (cubature; exact for linear Gaussian
         structure) in the unconstrained space with ``m_step_iters`` steps of

@@ -305,3 +305,34 @@ def test_generalised_em_from_random_init_seed003(x64, seed003, em_fit):
     assert float(jnp.diff(lls).min()) > -1e-9 * abs(float(lls[-1]))
     assert float(lls[-1]) > float(ssm.log_likelihood(true, ys))
     assert float(lls[-1]) > float(em_fit[1][-1]) - 1.0
+
+
+def test_closed_form_em_reads_no_site_names(x64, seed003):
+    """A linear Gaussian model with its own site names carries the closed-form M-step with its
+    role -> site mapping: EM gives the built-in model's iterates, renamed (EM reads no names)."""
+    from ssmppl.learning.lgssm_mstep import LinearGaussianMStep
+
+    ssm, _, ys, init = seed003
+    names = {"F": "A", "b": "offset", "Q": "Sigma_z", "H": "C", "d": "bias", "R": "Sigma_y",
+             "initial_mean": "mu0", "initial_cov": "V0"}
+    pd = constraints.positive_definite
+
+    def renamed(y=None, T=None):
+        p = {role: numpyro.param(name, init[role], constraint=pd if role in ("Q", "R", "initial_cov") else
+                                 constraints.real) for role, name in names.items()}
+        z0 = numpyro.sample("state0", dist.MultivariateNormal(p["initial_mean"], p["initial_cov"]))
+
+        def step(z_prev, y_t):
+            z = numpyro.sample("state", dist.MultivariateNormal(p["F"] @ z_prev + p["b"], p["Q"]))
+            numpyro.sample("obs", dist.MultivariateNormal(p["H"] @ z + p["d"], p["R"]), obs=y_t)
+            return z, None
+
+        scan(step, z0, y, length=T)
+
+    renamed.closed_form_m_step = LinearGaussianMStep(names)
+    start = {names[k]: v for k, v in init.items()}
+    params, lls = SSM(renamed).fit_em(start, ys, num_iters=5, m_step="closed_form", progress_bar=False)
+    ref_params, ref_lls = ssm.fit_em(init, ys, num_iters=5, progress_bar=False)
+    np.testing.assert_allclose(lls, ref_lls, rtol=1e-10)
+    for role, name in names.items():
+        np.testing.assert_allclose(params[name], ref_params[role], rtol=1e-8, atol=1e-10)

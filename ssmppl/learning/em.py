@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,6 @@ from jax.flatten_util import ravel_pytree
 from .._jit import jit_by_arrays
 from ..inference.base import Backend
 from .expected_log_joint import cubature_points, expected_log_joint
-from .lgssm_mstep import closed_form_mstep, dynamics_statistics, emission_statistics
 from .parameters import log_prior, split_frozen, to_constrained, to_unconstrained
 from .progress import CONVERGED, DIVERGED, RUNNING, chunk_size, run_in_chunks
 from .setup import Layout, prepare, tree_all_finite
@@ -34,8 +33,7 @@ class _EMPlan:
     layout: Layout
     method: Backend
     frozen: tuple
-    closed_form: bool
-    input_dim: int
+    closed_form: Any  # the model's ClosedFormMStep, or None for the generalised M-step
     num_iters: int
     tol: Optional[float]
     chunk: int
@@ -51,12 +49,8 @@ def _e_step(plan, params, args, kwargs, key):
     def one(seq_key, *a, **k):
         problem, outer = plan.layout.ssm._trace(params, a, k)
         smoothed = plan.method.smooth(problem, seq_key)
-        if plan.closed_form:
-            u = problem.xs[1] if plan.input_dim else None
-            dyn = dynamics_statistics(smoothed, u)
-            emis = emission_statistics(smoothed.smoothed_means, smoothed.smoothed_covariances, problem.observations,
-                                       u, params["H"], params["d"], params.get("D"), params["R"])
-            extra = (dyn, emis, (smoothed.initial_smoothed_mean, smoothed.initial_smoothed_covariance))
+        if plan.closed_form is not None:
+            extra = plan.closed_form.statistics(params, problem, smoothed)
         else:
             extra = cubature_points(smoothed, problem.initial is not None)
         return smoothed.marginal_loglik, log_prior(outer, problem.names), extra
@@ -149,10 +143,8 @@ def _em_iteration(plan, state, args, kwargs):
     params, good, prev_ll, status, count, key = state
     lls, priors, extra = _e_step(plan, params, args, kwargs, key)
     ll = lls.sum() + priors[0]
-    if plan.closed_form:
-        dyn, emis, init = extra
-        summed = lambda s: jax.tree.map(lambda x: x.sum(0), s)
-        new = closed_form_mstep(params, plan.frozen, summed(dyn), summed(emis), init, plan.input_dim)
+    if plan.closed_form is not None:
+        new = plan.closed_form.update(params, plan.frozen, extra)
     else:
         new = _generalised_mstep(plan, params, extra, args, kwargs)
     ok = jnp.isfinite(ll)
@@ -177,8 +169,16 @@ def _em_chunk(plan, state, start, args, kwargs):
     return jax.lax.scan(body, state, start + jnp.arange(plan.chunk))
 
 
-def _is_builtin_lgssm(model):
-    return getattr(model, "ssmppl_closed_form", None) == "linear_gaussian"
+class ClosedFormMStep(Protocol):
+    """An exact M-step a model carries as ``model.closed_form_m_step`` (e.g.
+    ``ssmppl.models.linear_gaussian_ssm``'s): sufficient statistics per sequence, then
+    the maximiser. EM never reads site names itself."""
+
+    def statistics(self, params: dict, problem, smoothed) -> Any:
+        """Expected sufficient statistics of one sequence under its smoother output."""
+
+    def update(self, params: dict, frozen: tuple, statistics) -> dict:
+        """New parameters from the statistics stacked over sequences (leading axis B)."""
 
 
 def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol=None, progress_bar=True,
@@ -195,14 +195,14 @@ def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol
     if method.requires_key and key is None:
         raise ValueError(f"{type(method).__name__} samples: pass key=jax.random.PRNGKey(...) to fit_em")
     layout, sites, full, frozen, num_observed = prepare(ssm, params, args, kwargs, frozen, method)
-    builtin = _is_builtin_lgssm(ssm.model)
-    if m_step == "closed_form" and not builtin:
-        raise ValueError("the closed-form M-step exists for ssmppl.models.linear_gaussian_ssm only; "
-                         "use m_step='auto' (generalised EM for other models)")
-    closed_form = builtin and m_step != "generalised"
+    carried = getattr(ssm.model, "closed_form_m_step", None)
+    if m_step == "closed_form" and carried is None:
+        raise ValueError("this model carries no closed-form M-step (model.closed_form_m_step, as "
+                         "ssmppl.models.linear_gaussian_ssm does); use m_step='auto' (generalised EM)")
+    closed_form = carried if m_step != "generalised" else None
     if len(frozen) == len(sites):
         raise ValueError("every global site is frozen: nothing to fit")
-    plan = _EMPlan(layout, method, frozen, closed_form, getattr(ssm.model, "ssmppl_input_dim", 0), num_iters,
+    plan = _EMPlan(layout, method, frozen, closed_form, num_iters,
                    None if tol is None else float(tol), chunk_size(num_iters, progress_bar), num_observed,
                    m_step_iters, m_step_optimizer)
     dtype = jnp.result_type(*full.values(), float)

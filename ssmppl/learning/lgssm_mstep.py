@@ -1,4 +1,4 @@
-"""Closed-form M-step of the built-in linear Gaussian SSM (``ssmppl.models.linear_gaussian_ssm``).
+"""Closed-form M-step of linear Gaussian SSMs (``ssmppl.models.linear_gaussian_ssm`` carries one).
 
 Both conditionals are multivariate linear regressions, z_t on x_t = [z_{t-1}, 1, u_t]
 with coefficients [F, b, B] and noise Q, and y_t on [z_t, 1, u_t] with [H, d, D]
@@ -15,6 +15,9 @@ components under the current parameters; fully missing steps are left out.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -130,22 +133,49 @@ def solve_regression(Sxx, Syx, Syy, n, blocks, cov_name, current, frozen):
     return out
 
 
-def closed_form_mstep(params, frozen, stats_dyn, stats_emis, init_moments, input_dim):
-    """New parameters of the built-in LGSSM from summed statistics.
+@dataclasses.dataclass(frozen=True)
+class LinearGaussianMStep:
+    """The exact M-step of z_t ~ N(F z_{t-1} + b + B u_t, Q), y_t ~ N(H z_t + d + D u_t, R),
+    z_0 ~ N(m0, P0), for a model that carries it as ``model.closed_form_m_step``.
 
-    init_moments: (B, dz) smoothed initial means and (B, dz, dz) covariances.
+    ``sites``: {role: the model's global site name}, roles ``F, b, Q, H, d, R,
+    initial_mean, initial_cov`` and, with inputs, ``B, D`` (kept as sorted pairs: hashable). ``inputs(problem)``: the
+    (T, du) inputs u_t read off the traced problem, or None without inputs.
+    EM calls ``statistics`` on each sequence's smoother output and ``update`` on the
+    statistics stacked over sequences (leading axis B).
     """
-    du = input_dim
-    new = dict(params)
-    dz = params["F"].shape[0]
-    dyn_blocks = [("F", dz), ("b", 1)] + ([("B", du)] if du else [])
-    emis_blocks = [("H", dz), ("d", 1)] + ([("D", du)] if du else [])
-    new.update(solve_regression(*stats_dyn, dyn_blocks, "Q", params, frozen))
-    new.update(solve_regression(*stats_emis, emis_blocks, "R", params, frozen))
-    m0s, P0s = init_moments
-    if "initial_mean" not in frozen:
-        new["initial_mean"] = m0s.mean(0)
-    if "initial_cov" not in frozen:
-        dev = m0s - new["initial_mean"]
-        new["initial_cov"] = _symmetrize(P0s.mean(0) + dev.T @ dev / dev.shape[0])
-    return new
+
+    sites: tuple
+    inputs: Optional[Callable] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "sites", tuple(sorted(dict(self.sites).items())))
+
+    def statistics(self, params, problem, smoothed):
+        s = dict(self.sites)
+        u = None if self.inputs is None else self.inputs(problem)
+        D = params[s["D"]] if u is not None else None
+        return (dynamics_statistics(smoothed, u),
+                emission_statistics(smoothed.smoothed_means, smoothed.smoothed_covariances, problem.observations, u,
+                                    params[s["H"]], params[s["d"]], D, params[s["R"]]),
+                (smoothed.initial_smoothed_mean, smoothed.initial_smoothed_covariance))
+
+    def update(self, params, frozen, statistics):
+        s = dict(self.sites)
+        dyn, emis, (m0s, P0s) = statistics
+        summed = lambda stats: jax.tree.map(lambda x: x.sum(0), stats)
+        role_frozen = {role for role, name in s.items() if name in frozen}
+        role_params = {role: params[name] for role, name in s.items()}
+        dz = role_params["F"].shape[0]
+        du = 0 if self.inputs is None else role_params["B"].shape[1]
+        dyn_blocks = [("F", dz), ("b", 1)] + ([("B", du)] if du else [])
+        emis_blocks = [("H", dz), ("d", 1)] + ([("D", du)] if du else [])
+        new = solve_regression(*summed(dyn), dyn_blocks, "Q", role_params, role_frozen)
+        new.update(solve_regression(*summed(emis), emis_blocks, "R", role_params, role_frozen))
+        if "initial_mean" not in role_frozen:
+            new["initial_mean"] = m0s.mean(0)
+        if "initial_cov" not in role_frozen:
+            mean = new.get("initial_mean", role_params["initial_mean"])
+            dev = m0s - mean
+            new["initial_cov"] = _symmetrize(P0s.mean(0) + dev.T @ dev / dev.shape[0])
+        return {**params, **{s[role]: value for role, value in new.items()}}

@@ -9,6 +9,8 @@ import numpyro.distributions as dist
 from numpyro.contrib.control_flow import scan
 from numpyro.distributions import constraints
 
+from ..learning.lgssm_mstep import LinearGaussianMStep
+
 
 def linear_gaussian_ssm(state_dim: int, emission_dim: int, input_dim: int = 0, **initial_values):
     """A NumPyro model of the linear Gaussian SSM
@@ -70,7 +72,7 @@ def linear_gaussian_ssm(state_dim: int, emission_dim: int, input_dim: int = 0, *
         scan(step, z0, (y, u if du else None), length=T)
 
     model.__name__ = f"linear_gaussian_ssm_{dz}x{dy}" + (f"x{du}" if du else "")
-    # SSM.fit_em recognises this model and uses its closed-form M-step.
-    model.ssmppl_closed_form = "linear_gaussian"
-    model.ssmppl_input_dim = du
+    # SSM.fit_em's closed-form M-step: which global site plays which role, and where the inputs are.
+    roles = ["F", "b", "Q", "H", "d", "R", "initial_mean", "initial_cov"] + (["B", "D"] if du else [])
+    model.closed_form_m_step = LinearGaussianMStep({r: r for r in roles}, (lambda p: p.xs[1]) if du else None)
     return model
