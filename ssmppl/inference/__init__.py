@@ -5,7 +5,8 @@ from .ensemble import EnKF, EnsembleFilterResult, EnsembleSmoothResult
 from .inflation import RTPP, RTPS, Adaptive, Additive, Multiplicative
 from .kalman import Kalman, linear_gaussian_params
 from .localization import Localization
-from .nonlinear import EKF, UKF, GaussHermite, MomentMatching
+from .nonlinear import (EKF, UKF, GaussHermite, GaussHermiteCubature, MomentMatching, TaylorLinearization,
+                        UnscentedTransform)
 from .particle import AuxiliaryPF, BootstrapPF, GuidedPF, ParticleFilterResult, ParticleSmoothResult
 from .results import FilterResult, Forecast, SmoothResult
 from .score_filter import EnSF
@@ -13,7 +14,7 @@ from .score_filter import EnSF
 # What the facade uses when no method is given: exact where the model allows, and it says so where not.
 DEFAULT_BACKEND = Kalman()
 
-__all__ = ["Backend", "Capability", "DEFAULT_BACKEND", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "BootstrapPF", "GuidedPF",
+__all__ = ["Backend", "Capability", "DEFAULT_BACKEND", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "TaylorLinearization", "UnscentedTransform", "GaussHermiteCubature", "BootstrapPF", "GuidedPF",
            "AuxiliaryPF", "EnKF", "EnSF", "Localization", "Multiplicative", "Additive", "RTPS", "RTPP", "Adaptive",
            "EnsembleFilterResult", "EnsembleSmoothResult", "linear_gaussian_params", "FilterResult", "SmoothResult",
            "Forecast", "ParticleFilterResult", "ParticleSmoothResult"]

@@ -18,7 +18,7 @@ standard treatment of E[Sigma(z)] in sigma-point filters.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, ClassVar, Optional
 
 import jax.numpy as jnp
 
@@ -67,17 +67,76 @@ def _check_differentiable(mean_fn, z, site, role):
         "Jacobian is zero. Use UKF() or GaussHermite(), which need no derivatives")
 
 
+# -- Gaussian-filter rules: how E[f(z)] and Cov[f(z), z] are computed under a Gaussian ----------------
+
+@dataclasses.dataclass(frozen=True)
+class TaylorLinearization:
+    """First-order Taylor expansion at the mean (the EKF's rule); ``iterations`` > 1
+    relinearises at the updated mean (iterated EKF, and Gauss-Newton smoother passes)."""
+
+    iterations: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ValueError(f"iterations must be an integer >= 1, got {self.iterations!r}")
+
+    def build(self, n: int) -> TaylorRule:
+        """The rule's engine for an n-dimensional Gaussian."""
+        return TaylorRule()
+
+
+@dataclasses.dataclass(frozen=True)
+class UnscentedTransform:
+    """The unscented transform's 2n + 1 sigma points (see ``UKF``)."""
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    kappa: Optional[float] = None
+    iterations = 1
+
+    def __post_init__(self):
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha!r}")
+
+    def build(self, n: int) -> PointRule:
+        return PointRule(unscented_points(n, self.alpha, self.beta, self.kappa))
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussHermiteCubature:
+    """The Gauss-Hermite product rule with order^n points (see ``GaussHermite``)."""
+
+    order: int = 3
+    iterations = 1
+
+    def __post_init__(self):
+        if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 1:
+            raise ValueError(f"order must be an integer >= 1, got {self.order!r}")
+
+    def build(self, n: int) -> PointRule:
+        return PointRule(gauss_hermite_points(n, self.order))
+
+
+RULES = (TaylorLinearization, UnscentedTransform, GaussHermiteCubature)
+
+
 @dataclasses.dataclass(frozen=True)
 class _GaussianApproximation(Backend):
     """Shared machinery: subclasses say which rule, which moments, which checks."""
 
     capabilities = ALL_CAPABILITIES
+    gaussian_sites_only: ClassVar[bool] = True  # False: any site with a conditional mean and variance
 
     def _name(self):
         return type(self).__name__
 
-    def _rule(self, n: int):
+    @property
+    def rule(self):
+        """The backend's Gaussian-filter rule (one of ``RULES``)."""
         raise NotImplementedError
+
+    def _rule(self, n: int):
+        return self.rule.build(n)
 
     def _moments(self, d):
         return gaussian_moments(d)
@@ -87,7 +146,7 @@ class _GaussianApproximation(Backend):
 
     @property
     def _iterations(self):
-        return 1
+        return self.rule.iterations
 
     def _quadrature(self, problem, rule) -> bool:
         return False
@@ -105,7 +164,7 @@ class _GaussianApproximation(Backend):
         if problem.initial is None:
             m0, P0 = problem.initial_value.astype(dtype), jnp.zeros((dz, dz), dtype)
         else:
-            if isinstance(self, (EKF, UKF, GaussHermite)):
+            if self.gaussian_sites_only:
                 _check_gaussian(problem.initial, names.init, "initial-state", self._name())
             m0, P0 = moments(problem.initial)
             m0, P0 = jnp.broadcast_to(m0, (dz,)).astype(dtype), jnp.asarray(P0, dtype)
@@ -167,15 +226,12 @@ class EKF(_GaussianApproximation):
     iterations: int = 1
 
     def __post_init__(self):
-        if not isinstance(self.iterations, int) or self.iterations < 1:
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
             raise ValueError(f"EKF(iterations=...) must be an integer >= 1, got {self.iterations!r}")
 
     @property
-    def _iterations(self):
-        return self.iterations
-
-    def _rule(self, n):
-        return TaylorRule()
+    def rule(self):
+        return TaylorLinearization(self.iterations)
 
     def _check_site(self, d, mean_fn, z, site, role):
         super()._check_site(d, mean_fn, z, site, role)
@@ -204,8 +260,9 @@ class UKF(_GaussianApproximation):
         if not self.alpha > 0:
             raise ValueError(f"UKF(alpha=...) must be positive, got {self.alpha!r}")
 
-    def _rule(self, n):
-        return PointRule(unscented_points(n, self.alpha, self.beta, self.kappa))
+    @property
+    def rule(self):
+        return UnscentedTransform(self.alpha, self.beta, self.kappa)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,11 +274,12 @@ class GaussHermite(_GaussianApproximation):
     order: int = 3
 
     def __post_init__(self):
-        if not isinstance(self.order, int) or self.order < 1:
+        if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 1:
             raise ValueError(f"GaussHermite(order=...) must be an integer >= 1, got {self.order!r}")
 
-    def _rule(self, n):
-        return PointRule(gauss_hermite_points(n, self.order))
+    @property
+    def rule(self):
+        return GaussHermiteCubature(self.order)
 
 
 _PREDICTIVE = (None, "gaussian", "quadrature")
@@ -238,8 +296,9 @@ class MomentMatching(_GaussianApproximation):
     conditional mean and variance likewise. Gaussian sites are treated exactly as
     by ``rule`` itself.
 
-    rule: EKF(), UKF(...) or GaussHermite(...): how the Gaussian expectations
-    are computed.
+    rule: a Gaussian-filter rule, how the Gaussian expectations are computed:
+    ``TaylorLinearization(...)``, ``UnscentedTransform(...)`` or ``GaussHermiteCubature(...)``
+    (an ``EKF()``, ``UKF()`` or ``GaussHermite()`` backend stands for its own ``.rule``).
     predictive: how log p(y_t | y_{1:t-1}) is approximated for a
     non-Gaussian emission. "quadrature": log sum_i w_i p(y_t | z_i) over the
     rule's points of the predicted Gaussian of z_t (a proper density or
@@ -250,34 +309,32 @@ class MomentMatching(_GaussianApproximation):
     form, which is exact for linear models.
     """
 
-    rule: _GaussianApproximation = UKF()
+    rule: Any = UnscentedTransform()
     predictive: Optional[str] = None  # not `log_predictive`: that is the Backend method
 
+    gaussian_sites_only = False
+
     def __post_init__(self):
-        if not isinstance(self.rule, (EKF, UKF, GaussHermite)):
-            raise TypeError(f"MomentMatching(rule=...) must be EKF(), UKF() or GaussHermite(), got {self.rule!r}")
+        if isinstance(self.rule, (EKF, UKF, GaussHermite)):
+            object.__setattr__(self, "rule", self.rule.rule)
+        if not isinstance(self.rule, RULES):
+            raise TypeError(f"MomentMatching(rule=...) must be a rule ({', '.join(r.__name__ for r in RULES)}) "
+                            f"or an EKF(), UKF() or GaussHermite() backend, got {self.rule!r}")
         if self.predictive not in _PREDICTIVE:
             raise ValueError(f"MomentMatching(predictive=...) must be one of {_PREDICTIVE}, got {self.predictive!r}")
-        if self.predictive == "quadrature" and isinstance(self.rule, EKF):
+        if self.predictive == "quadrature" and isinstance(self.rule, TaylorLinearization):
             raise ValueError("predictive='quadrature' needs a sigma-point rule (UKF() or GaussHermite()); "
                              "EKF() has no points: use predictive='gaussian'")
-
-    @property
-    def _iterations(self):
-        return self.rule._iterations
-
-    def _rule(self, n):
-        return self.rule._rule(n)
 
     def _moments(self, d):
         return conditional_moments(d)
 
     def _check_site(self, d, mean_fn, z, site, role):
-        if isinstance(self.rule, EKF):
+        if isinstance(self.rule, TaylorLinearization):
             _check_differentiable(mean_fn, z, site, role)
 
     def _quadrature(self, problem, rule):
-        if self.predictive == "gaussian" or isinstance(self.rule, EKF):
+        if self.predictive == "gaussian" or isinstance(self.rule, TaylorLinearization):
             return False
         x0 = problem.xs_example()
         if is_gaussian(problem.emission(jnp.zeros(problem.state_dim, problem.observations.dtype), x0)):
