@@ -37,9 +37,8 @@ def run_both(params, T, smooth=False):
 
 
 def assert_no_nan(result):
-    for name, value in vars(result).items():
-        if value is not None:
-            assert not np.isnan(np.asarray(value)).any(), f"NaN in {name}"
+    for path, value in jax.tree_util.tree_leaves_with_path(result):
+        assert not np.isnan(np.asarray(value)).any(), f"NaN in {jax.tree_util.keystr(path)}"
 
 
 def test_loglik_at_T_100000_within_1e6_of_float64():

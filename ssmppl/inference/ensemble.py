@@ -62,7 +62,7 @@ from .base import ALL_CAPABILITIES, Backend, check_forecastable
 from .gaussian import family_name, gaussian_parts, is_gaussian
 from .inflation import Adaptive, Multiplicative, RTPP, adaptive_of, as_inflation, inflate, update_adaptive
 from .localization import Localization
-from .results import FilterResult, SmoothResult, _pytree_dataclass
+from .results import FilterResult, Result, SmoothResult
 
 VARIANTS = ("stochastic", "etkf", "ensrf", "serial", "letkf")
 DIAGONAL_R = ("serial", "letkf")
@@ -70,38 +70,28 @@ DIAGONAL_R = ("serial", "letkf")
 
 # -- results ---------------------------------------------------------------------------------------
 
-@_pytree_dataclass
-class EnsembleFilterResult(FilterResult):
-    """``FilterResult`` of an ensemble filter: means and covariances are the members' sample
-    moments ((N-1) denominator; the covariance fields are None with ``store_covariances=False``).
+class EnsembleFilterExtras(Result):
+    """``FilterResult.extras`` of an ensemble filter (whose means and covariances are the
+    members' sample moments, (N-1) denominator; with ``store_covariances=False`` the
+    covariance fields and ``filtered_variances`` are absent).
 
       filtered_spread, predicted_spread: (T,)  RMS ensemble spread sqrt(mean_j var_j) after / before
                                                each analysis (the spread DAPPER reports)
-      filtered_variances: (T, d)               per-component analysis variances (None with
-                                               ``store_covariances=False``)
+      filtered_variances: (T, d)               per-component analysis variances
       innovation_chi2: (T,)                    d_t^T (H P^f H^T + R)^{-1} d_t, chi^2 with
-                                               ``num_observed`` dof for a consistent filter
+                                               ``num_observed`` dof for a consistent filter (EnKF)
       num_observed: (T,)                       observed components at each step
-      inflation_factors: (T,)                  adaptive multiplicative factor used (1 without)
+      inflation_factors: (T,)                  adaptive multiplicative factor used (1 without; EnKF)
       final_ensemble, initial_ensemble: (N, d)
-      filtered_ensembles, predicted_ensembles: (T, N, d) with ``keep_ensembles=True``, else None
+      filtered_ensembles, predicted_ensembles: (T, N, d) with ``keep_ensembles=True``
     """
 
-    filtered_spread: jax.Array = None
-    predicted_spread: jax.Array = None
-    filtered_variances: jax.Array = None
-    innovation_chi2: jax.Array = None
-    num_observed: jax.Array = None
-    inflation_factors: jax.Array = None
-    final_ensemble: jax.Array = None
-    initial_ensemble: jax.Array = None
-    filtered_ensembles: Optional[jax.Array] = None
-    predicted_ensembles: Optional[jax.Array] = None
+    FIELDS = ("filtered_spread", "predicted_spread", "filtered_variances", "innovation_chi2", "num_observed",
+              "inflation_factors", "final_ensemble", "initial_ensemble", "filtered_ensembles", "predicted_ensembles")
 
 
-@_pytree_dataclass
-class EnsembleSmoothResult(SmoothResult, EnsembleFilterResult):
-    """``SmoothResult`` of the ensemble Kalman smoother (EnKS), with the filter's fields.
+class EnsembleSmoothExtras(Result):
+    """``SmoothResult.extras`` of the ensemble Kalman smoother (EnKS).
 
       smoothed_ensembles: (T, N, d) members conditioned on y_{1:T} (or on y_{1:t+lag})
       initial_smoothed_ensemble: (N, d)
@@ -109,8 +99,7 @@ class EnsembleSmoothResult(SmoothResult, EnsembleFilterResult):
     each member with itself at consecutive times.
     """
 
-    smoothed_ensembles: jax.Array = None
-    initial_smoothed_ensemble: jax.Array = None
+    FIELDS = ("smoothed_ensembles", "initial_smoothed_ensemble")
 
 
 # -- symmetric matrix functions with a gradient that survives repeated eigenvalues ---------------
@@ -417,12 +406,12 @@ def ensemble_filter(problem, key, settings: "EnKF", keep_ensembles=False, covari
     init_factor = jnp.asarray(adaptive.initial if adaptive is not None else 1.0, dtype)
     keys = jax.random.split(key_steps, problem.length)
     (X_last, _), out = lax.scan(step, (X0, init_factor), (keys, problem.observations.astype(dtype), problem.xs))
-    base = FilterResult.from_steps(out["ll"], out["mf"], out["Pf"], out["mp"], out["Pp"])
-    result = EnsembleFilterResult(
-        **vars(base), filtered_spread=out["spread_a"], predicted_spread=out["spread_f"],
+    extras = EnsembleFilterExtras(
+        filtered_spread=out["spread_a"], predicted_spread=out["spread_f"],
         filtered_variances=out["var_a"], innovation_chi2=out["chi2"], num_observed=out["m"],
         inflation_factors=out["factor"], final_ensemble=X_last, initial_ensemble=X0,
         filtered_ensembles=out.get("Xa"), predicted_ensembles=out.get("Xf"))
+    result = FilterResult.from_steps(out["ll"], out["mf"], out["Pf"], out["mp"], out["Pp"], extras)
     return (result, out["G"]) if transforms else result
 
 
@@ -479,7 +468,7 @@ class EnKF(Backend):
         if self.lag is not None and (isinstance(self.lag, bool) or not isinstance(self.lag, int) or self.lag < 0):
             raise ValueError(f"EnKF(lag=...) must be None or an int >= 0, got {self.lag!r}")
 
-    def filter(self, problem, key=None) -> EnsembleFilterResult:
+    def filter(self, problem, key=None) -> FilterResult:
         return ensemble_filter(problem, self._key(key), self, self.keep_ensembles, self.store_covariances)
 
     def log_likelihood(self, problem, key=None):
@@ -488,7 +477,7 @@ class EnKF(Backend):
     def log_predictive(self, problem, key=None):
         return ensemble_filter(problem, self._key(key), self, False, False).log_predictive
 
-    def smooth(self, problem, key=None) -> EnsembleSmoothResult:
+    def smooth(self, problem, key=None) -> SmoothResult:
         from .ensemble_smoother import ensemble_smooth
 
         return ensemble_smooth(problem, self._key(key), self)

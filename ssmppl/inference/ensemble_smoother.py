@@ -17,7 +17,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from .ensemble import EnsembleSmoothResult, ensemble_filter, smoothable
+from .ensemble import EnsembleSmoothExtras, ensemble_filter, smoothable
+from .results import SmoothResult
 
 
 def _sample_moments(X, covariances=True):
@@ -49,7 +50,7 @@ def smoothing_products(G, lag=None):
     return P
 
 
-def ensemble_smooth(problem, key, settings) -> EnsembleSmoothResult:
+def ensemble_smooth(problem, key, settings) -> SmoothResult:
     why = smoothable(settings)
     if why is not None:
         raise ValueError(f"EnKF smoother (EnKS): {why}. Smooth with a global variant (etkf, ensrf, stochastic, "
@@ -65,12 +66,11 @@ def ensemble_smooth(problem, key, settings) -> EnsembleSmoothResult:
     mean, covariance, A = _sample_moments(smoothed, cov)
     N = settings.num_members
     cross = jnp.einsum("tni,tnj->tij", A[:-1], A[1:]) / (N - 1) if cov else None
-    fields = vars(filtered).copy()
     if not settings.keep_ensembles:
-        fields.update(filtered_ensembles=None, predicted_ensembles=None)
-    return EnsembleSmoothResult(
-        **fields, smoothed_means=mean[1:], smoothed_covariances=None if covariance is None else covariance[1:],
+        filtered = filtered.replace(extras=filtered.extras.replace(filtered_ensembles=None, predicted_ensembles=None))
+    return SmoothResult(
+        filtered=filtered, smoothed_means=mean[1:], smoothed_covariances=None if covariance is None else covariance[1:],
         smoothed_cross_covariances=None if cross is None else cross[1:],
         initial_smoothed_mean=mean[0], initial_smoothed_covariance=None if covariance is None else covariance[0],
         initial_cross_covariance=None if cross is None else cross[0],
-        smoothed_ensembles=smoothed[1:], initial_smoothed_ensemble=smoothed[0])
+        extras=EnsembleSmoothExtras(smoothed_ensembles=smoothed[1:], initial_smoothed_ensemble=smoothed[0]))

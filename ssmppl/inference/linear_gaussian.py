@@ -229,7 +229,7 @@ def rts_smoother_from_cross(filtered: FilterResult, cross, initial_mean, initial
         None if Lp is None else Lp[0],
     )
     return SmoothResult(
-        **vars(filtered),
+        filtered=filtered,
         smoothed_means=ms,
         smoothed_covariances=Ps,
         smoothed_cross_covariances=cs,

@@ -234,7 +234,7 @@ def parallel_rts_smoother(params: LinearGaussianParams, filtered: FilterResult) 
         params.initial_mean, params.initial_covariance, F_1, mp[0], Pp[0], ms[0], Ps[0]
     )
     return SmoothResult(
-        **vars(filtered),
+        filtered=filtered,
         smoothed_means=ms,
         smoothed_covariances=Ps,
         smoothed_cross_covariances=cross,

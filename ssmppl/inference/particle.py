@@ -55,47 +55,39 @@ from .gaussian_filter import factor_or_repair
 from .kalman import _affine_parts, _check_affine
 from .linear_gaussian import moment_update
 from .resampling import RESAMPLERS, effective_sample_size, resampler
-from .results import FilterResult, Forecast, SmoothResult, _pytree_dataclass
+from .results import FilterResult, Forecast, Result, SmoothResult
 
 GRADIENT_ESTIMATORS = ("stop_gradient", "score")
 SMOOTHERS = ("ffbsi", "genealogy")
 
 
-@_pytree_dataclass
-class ParticleFilterResult(FilterResult):
-    """``FilterResult`` of a particle filter. Means and covariances are weighted particle
-    moments; ``marginal_loglik`` is the log of the unbiased likelihood estimate.
+class ParticleFilterExtras(Result):
+    """``FilterResult.extras`` of a particle filter (whose means and covariances are weighted
+    particle moments and ``marginal_loglik`` the log of the unbiased likelihood estimate).
 
       ess: (T,)            effective sample size of the weights after step t's update
       resampled: (T,)      whether the particles were resampled before step t's move
-      particles: (T, N, dz) z_t^i after step t (only with ``keep_particles=True``, else None)
-      log_weights: (T, N)  their normalised log-weights log W_t^i (idem)
-      ancestors: (T, N)    a_t^i, the index at t-1 of particle i's parent (idem; at t = 1
-                           an index into ``initial_particles``)
-      initial_particles: (N, dz) the draws of z_0 (idem)
-      final_particles: (N, dz), final_log_weights: (N,) the last step's (always: O(N);
-                           ``ssm.forecast`` starts from them)
+      final_particles: (N, dz), final_log_weights: (N,) the last step's (``ssm.forecast``
+                           starts from them)
+    With ``keep_particles=True`` (absent otherwise):
+      particles: (T, N, dz) z_t^i after step t
+      log_weights: (T, N)  their normalised log-weights log W_t^i
+      ancestors: (T, N)    a_t^i, the index at t-1 of particle i's parent (at t = 1 an index
+                           into ``initial_particles``)
+      initial_particles: (N, dz) the draws of z_0
     """
 
-    ess: jax.Array = None
-    resampled: jax.Array = None
-    final_particles: jax.Array = None
-    final_log_weights: jax.Array = None
-    particles: Optional[jax.Array] = None
-    log_weights: Optional[jax.Array] = None
-    ancestors: Optional[jax.Array] = None
-    initial_particles: Optional[jax.Array] = None
+    FIELDS = ("ess", "resampled", "final_particles", "final_log_weights", "particles", "log_weights", "ancestors",
+              "initial_particles")
 
 
-@_pytree_dataclass
-class ParticleSmoothResult(SmoothResult, ParticleFilterResult):
-    """``SmoothResult`` of a particle smoother, with the filter's ``ParticleFilterResult``
-    fields, plus ``trajectories`` (M, T, dz): draws of z_{1:T} from the smoothing
-    distribution (FFBSi: M independent backward draws; genealogy: M lineages drawn by
-    final weight). Smoothed moments are the trajectories' sample moments (FFBSi) or
-    the weighted moments of all N lineages (genealogy)."""
+class ParticleSmoothExtras(Result):
+    """``SmoothResult.extras`` of a particle smoother: ``trajectories`` (M, T, dz), draws of
+    z_{1:T} from the smoothing distribution (FFBSi: M independent backward draws; genealogy:
+    M lineages drawn by final weight). Smoothed moments are the trajectories' sample moments
+    (FFBSi) or the weighted moments of all N lineages (genealogy)."""
 
-    trajectories: jax.Array = None
+    FIELDS = ("trajectories",)
 
 
 def weighted_moments(particles, log_weights):
@@ -226,7 +218,7 @@ def _initial_particles(problem, key, N, dtype):
 
 def particle_filter(problem, key, num_particles: int, move=None, log_eta=_no_look_ahead, scheme: str = "systematic",
                     ess_threshold: float = 0.5, gradient: str = "score",
-                    keep_particles: bool = False) -> ParticleFilterResult:
+                    keep_particles: bool = False) -> FilterResult:
     """The particle filter of the module docstring over a ``StateSpace``.
 
     move(key, z_prev (dz,), xs_t, y (dy,)) -> (z (dz,), log alpha), or None for the transition
@@ -292,11 +284,11 @@ def particle_filter(problem, key, num_particles: int, move=None, log_eta=_no_loo
     carry = (particles, log_w, jnp.asarray(N, dtype))
     (last, last_log_w, _), out = lax.scan(step, carry, (keys, problem.observations.astype(dtype), problem.xs))
     mf, Pf, mp, Pp, lls, ess, resampled_flags = out[:7]
-    base = FilterResult.from_steps(lls, mf, Pf, mp, Pp)
     stored = dict(particles=out[7], log_weights=out[8], ancestors=out[9], initial_particles=initial) \
         if keep_particles else {}
-    return ParticleFilterResult(**vars(base), ess=ess, resampled=resampled_flags, final_particles=last,
-                                final_log_weights=last_log_w, **stored)
+    extras = ParticleFilterExtras(ess=ess, resampled=resampled_flags, final_particles=last,
+                                  final_log_weights=last_log_w, **stored)
+    return FilterResult.from_steps(lls, mf, Pf, mp, Pp, extras)
 
 
 def particle_forecast(problem, particles, log_weights, xs_t, num_steps: int, key) -> Forecast:
@@ -387,10 +379,10 @@ class _ParticleBackend(Backend):
                                self._log_eta(problem), self.resampling, self.ess_threshold, self.gradient,
                                keep_particles)
 
-    def filter(self, problem, key=None) -> ParticleFilterResult:
+    def filter(self, problem, key=None) -> FilterResult:
         return self._run(problem, key, self.keep_particles)
 
-    def smooth(self, problem, key=None) -> ParticleSmoothResult:
+    def smooth(self, problem, key=None) -> SmoothResult:
         from .particle_smoother import particle_smooth
 
         key_filter, key_back = jax.random.split(self._key(key))

@@ -88,8 +88,8 @@ def _path_moments(paths, w):
 
 
 def particle_smooth(problem, filtered, key, method: str, num_paths: int, keep_particles: bool):
-    """A ``ParticleSmoothResult`` from a filter run with its particles kept."""
-    from .particle import ParticleFilterResult, ParticleSmoothResult
+    """A ``SmoothResult`` from a filter run with its particles kept."""
+    from .particle import ParticleSmoothExtras
 
     if method == "ffbsi":
         paths = ffbsi(problem, filtered, key, num_paths)
@@ -103,10 +103,10 @@ def particle_smooth(problem, filtered, key, method: str, num_paths: int, keep_pa
         mean, cov, cross = _path_moments(all_paths, jax.nn.softmax(filtered.log_weights[-1]))
         trajectories = _draw_lineages(all_paths, filtered, key, num_paths)
     # the filter's fields; the stored particles only when the user asked for them
-    base = {f: getattr(filtered, f) for f in ParticleFilterResult.__dataclass_fields__}
     if not keep_particles:
-        base.update(particles=None, log_weights=None, ancestors=None, initial_particles=None)
-    return ParticleSmoothResult(**base, smoothed_means=mean[1:], smoothed_covariances=cov[1:],
-                                smoothed_cross_covariances=cross[1:], initial_smoothed_mean=mean[0],
-                                initial_smoothed_covariance=cov[0], initial_cross_covariance=cross[0],
-                                trajectories=trajectories)
+        filtered = filtered.replace(extras=filtered.extras.replace(particles=None, log_weights=None, ancestors=None,
+                                                                   initial_particles=None))
+    return SmoothResult(filtered=filtered, smoothed_means=mean[1:], smoothed_covariances=cov[1:],
+                        smoothed_cross_covariances=cross[1:], initial_smoothed_mean=mean[0],
+                        initial_smoothed_covariance=cov[0], initial_cross_covariance=cross[0],
+                        extras=ParticleSmoothExtras(trajectories=trajectories))

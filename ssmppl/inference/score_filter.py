@@ -65,7 +65,7 @@ from jax import lax
 from ..learning.expected_log_joint import masked_log_prob
 from ..models.dependence import require_derivative
 from .base import Backend, Capability, check_forecastable
-from .ensemble import EnsembleFilterResult, _initial_ensemble, _moments, ensemble_forecast
+from .ensemble import EnsembleFilterExtras, _initial_ensemble, _moments, ensemble_forecast
 from .results import FilterResult
 
 SCORES = ("paired", "mixture")
@@ -180,7 +180,7 @@ def reverse_sde(key, X, lik_score: Callable, num_steps: int, eps_alpha: float, e
 # -- the filter ------------------------------------------------------------------------------------
 
 def score_filter(problem, key, settings: "EnSF"):
-    """Run EnSF over the problem's observations; an ``EnsembleFilterResult`` without likelihood fields."""
+    """Run EnSF over the problem's observations; a ``FilterResult`` without likelihood fields."""
     N = settings.num_members
     dtype = jnp.result_type(problem.observations, float)
     check_differentiable(problem)
@@ -205,12 +205,12 @@ def score_filter(problem, key, settings: "EnSF"):
 
     keys = jax.random.split(key_steps, problem.length)
     X_last, out = lax.scan(step, X0, (keys, problem.observations.astype(dtype), problem.xs))
-    return EnsembleFilterResult(
-        marginal_loglik=None, log_predictive=None, filtered_means=out["mf"], filtered_covariances=out["Pf"],
-        predicted_means=out["mp"], predicted_covariances=out["Pp"], filtered_spread=out["spread_a"],
-        predicted_spread=out["spread_f"], filtered_variances=out["var_a"], num_observed=out["m"],
-        final_ensemble=X_last, initial_ensemble=X0, filtered_ensembles=out.get("Xa"),
-        predicted_ensembles=out.get("Xf"))
+    extras = EnsembleFilterExtras(filtered_spread=out["spread_a"], predicted_spread=out["spread_f"],
+                                  filtered_variances=out["var_a"], num_observed=out["m"], final_ensemble=X_last,
+                                  initial_ensemble=X0, filtered_ensembles=out.get("Xa"),
+                                  predicted_ensembles=out.get("Xf"))
+    return FilterResult(filtered_means=out["mf"], filtered_covariances=out["Pf"], predicted_means=out["mp"],
+                        predicted_covariances=out["Pp"], extras=extras)
 
 
 # -- the backend -----------------------------------------------------------------------------------
@@ -236,10 +236,11 @@ class EnSF(Backend):
     store_covariances: True adds the (T, d, d) covariances and (T, d) variances (off by
         default: EnSF is meant for large d, where memory is O(T d + N d) without them).
 
-    Needs a ``key``; the same key gives the same result. Results (``EnsembleFilterResult``):
-    the analysis ensemble's mean (``filtered_means``) and spread (``filtered_spread``) per
-    step, the forecast's (``predicted_*``), ``final_ensemble`` and, with ``keep_ensembles``,
-    every ensemble. ``marginal_loglik`` and ``log_predictive`` are None: EnSF has no likelihood.
+    Needs a ``key``; the same key gives the same result. Results (a ``FilterResult`` with
+    ``EnsembleFilterExtras``): the analysis ensemble's mean (``filtered_means``) and spread
+    (``extras.filtered_spread``) per step, the forecast's (``predicted_*``), ``final_ensemble``
+    and, with ``keep_ensembles``, every ensemble. EnSF has no likelihood: the result has no
+    ``marginal_loglik`` or ``log_predictive``.
     """
 
     num_members: int = 20
@@ -273,7 +274,7 @@ class EnSF(Backend):
                                       or not self.clip > 0):
             raise ValueError(f"EnSF(clip=...) must be None or a positive number, got {self.clip!r}")
 
-    def filter(self, problem, key=None) -> EnsembleFilterResult:
+    def filter(self, problem, key=None) -> FilterResult:
         return score_filter(problem, self._key(key), self)
 
     def forecast(self, problem, filtered: FilterResult, num_steps, key=None):
