@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 
-def _is_array(x):
+def is_array(x):
     return isinstance(x, (jax.Array, np.ndarray, np.generic))
 
 
@@ -41,6 +41,6 @@ def jit_by_arrays(fn, *args, **kwargs):
     hashable object); non-array leaves must be hashable.
     """
     leaves, treedef = jax.tree.flatten((args, kwargs))
-    arrays = [x for x in leaves if _is_array(x)]
-    statics = tuple(_ARRAY if _is_array(x) else x for x in leaves)
+    arrays = [x for x in leaves if is_array(x)]
+    statics = tuple(_ARRAY if is_array(x) else x for x in leaves)
     return _apply(arrays, spec=(fn, treedef, statics))

@@ -310,7 +310,7 @@ def test_generalised_em_from_random_init_seed003(x64, seed003, em_fit):
 def test_closed_form_em_reads_no_site_names(x64, seed003):
     """A linear Gaussian model with its own site names carries the closed-form M-step with its
     role -> site mapping: EM gives the built-in model's iterates, renamed (EM reads no names)."""
-    from ssmppl.learning.lgssm_mstep import LinearGaussianMStep
+    from ssmppl.maths.lgssm_em import LinearGaussianMStep
 
     ssm, _, ys, init = seed003
     names = {"F": "A", "b": "offset", "Q": "Sigma_z", "H": "C", "d": "bias", "R": "Sigma_y",

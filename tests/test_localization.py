@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ssmppl.inference.localization import CUTOFF, Localization, gaspari_cohn, taper
+from ssmppl.inference.ensemble.localization import CUTOFF, Localization, gaspari_cohn, taper
 
 
 def test_gaspari_cohn_closed_form_values():

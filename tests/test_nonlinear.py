@@ -18,8 +18,9 @@ from numpyro.contrib.control_flow import scan
 
 from ssmppl import SSM, ModelStructureError
 from ssmppl.inference import EKF, UKF, GaussHermite, Kalman, MomentMatching
-from ssmppl.inference.gaussian_filter import PointRule, Site, TaylorRule, factor_or_repair
-from ssmppl.inference.quadrature import gauss_hermite_points, unscented_points
+from ssmppl.maths.gaussian import factor_or_repair
+from ssmppl.maths.gaussian_filter import PointRule, Site, TaylorRule
+from ssmppl.maths.sigma_points import gauss_hermite_points, unscented_points
 from test_kalman import FIELDS, assert_close, tv_case
 
 pytestmark = pytest.mark.usefixtures("x64")

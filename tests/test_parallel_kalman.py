@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssmppl.inference.linear_gaussian import LinearGaussianParams, kalman_filter, rts_smoother
-from ssmppl.inference.parallel_kalman import parallel_kalman_filter, parallel_rts_smoother
+from ssmppl.maths.kalman import LinearGaussianParams, kalman_filter, rts_smoother
+from ssmppl.maths.parallel_kalman import parallel_kalman_filter, parallel_rts_smoother
 
 RTOL = 1e-8
 ATOL_SCALE = 1e-10

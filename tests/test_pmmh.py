@@ -21,7 +21,7 @@ from numpyro.contrib.control_flow import scan
 
 from ssmppl import SSM, Kalman
 from ssmppl.bayes.pmmh import PMMHWarning, warmup_windows
-from ssmppl.inference.particle import BootstrapPF
+from ssmppl.inference import BootstrapPF
 from ssmppl.models import poisson_ar1
 
 pytestmark = pytest.mark.usefixtures("x64")

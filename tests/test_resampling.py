@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssmppl.inference.resampling import (
+from ssmppl.maths.resampling import (
     RESAMPLERS,
     effective_sample_size,
     offspring_counts,
@@ -95,7 +95,7 @@ def test_linear_time_schemes_equal_the_inverse_cdf_by_binary_search(x64, N, n):
     """Systematic and stratified resampling find each particle's first slot in closed form
     (O(N)); they must pick exactly the ancestors of the binary search on the same uniforms,
     zero weights and single survivors included."""
-    from ssmppl.inference.resampling import _inverse_cdf, normalized_weights
+    from ssmppl.maths.resampling import inverse_cdf, normalized_weights
 
     def one(k):
         lw = jax.random.normal(jax.random.fold_in(k, 2), (N,)) * 3
@@ -104,8 +104,8 @@ def test_linear_time_schemes_equal_the_inverse_cdf_by_binary_search(x64, N, n):
         w = normalized_weights(lw)
         U = jax.random.uniform(jax.random.fold_in(k, 3), (), w.dtype)
         Us = jax.random.uniform(jax.random.fold_in(k, 4), (n,), w.dtype)
-        return (_inverse_cdf(w, (jnp.arange(n) + U) / n), systematic_resample(jax.random.fold_in(k, 3), lw, n),
-                _inverse_cdf(w, (jnp.arange(n) + Us) / n), stratified_resample(jax.random.fold_in(k, 4), lw, n))
+        return (inverse_cdf(w, (jnp.arange(n) + U) / n), systematic_resample(jax.random.fold_in(k, 3), lw, n),
+                inverse_cdf(w, (jnp.arange(n) + Us) / n), stratified_resample(jax.random.fold_in(k, 4), lw, n))
 
     a, b, c, d = jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(N), 2000))
     np.testing.assert_array_equal(a, b)

@@ -30,13 +30,8 @@ from numpyro.contrib.control_flow import scan
 
 from ssmppl import SSM, EnSF
 from ssmppl.errors import ModelStructureError
-from ssmppl.inference.score_filter import (
-    likelihood_score,
-    mixture_score,
-    mixture_weights,
-    paired_score,
-    schedule,
-)
+from ssmppl.inference.score_filter.ensf import likelihood_score
+from ssmppl.maths.score import mixture_score, mixture_weights, paired_score, schedule
 from ssmppl.models import lorenz96
 
 # -- a one-step diagonal linear Gaussian model ------------------------------------------------------

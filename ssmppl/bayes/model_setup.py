@@ -22,7 +22,7 @@ from numpyro.contrib.control_flow.scan import scan_wrapper
 from numpyro.primitives import Messenger
 
 from ..errors import ModelStructureError
-from ..learning.expected_log_joint import masked_log_prob
+from ..inference.distributions import masked_log_prob
 from ..marginal import marginalize
 from ..models.tracing import ScanInterceptor, SiteNames, discover
 
@@ -155,3 +155,27 @@ def sampler_model(ssm, setup: SamplerSetup, method):
     params = {k: v for k, v in setup.fixed.items() if k not in setup.conditioned}
     # Fixed sample sites are conditioned on (observed), so the sampler does not draw them.
     return handlers.condition(handlers.substitute(model, data=params), data=observed)
+
+
+def chain_sharding(num_chains):
+    """Chains split over the available devices (JAX sharding), or None on one device."""
+    devices = jax.devices()
+    if len(devices) < 2 or num_chains % len(devices):
+        return None
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((len(devices),), ("chain",), axis_types=(AxisType.Auto,))
+    return NamedSharding(mesh, PartitionSpec("chain"))
+
+
+def split_draws(draws, setup, method):
+    """(parameter draws, deterministic values, path draws (C, D, T, dz) or None)."""
+    names = setup.names
+    samples = {k: jnp.asarray(draws[k]) for k in setup.inferred}
+    states = None
+    if method is None:
+        z = jnp.asarray(draws[names.latent])
+        states = jnp.reshape(z, z.shape[:3] + (-1,))
+    skip = set(setup.inferred) | {names.latent, names.obs, names.init}
+    deterministic = {k: jnp.asarray(v) for k, v in draws.items() if k not in skip}
+    return samples, deterministic, states

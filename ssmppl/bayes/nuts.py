@@ -11,11 +11,11 @@ from __future__ import annotations
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .model_setup import sampler_model, sampler_setup
+from .model_setup import chain_sharding, sampler_model, sampler_setup, split_draws
+from .pmmh import pmmh_draws
 from .posterior import Posterior
 
 CHAIN_METHODS = ("vectorized", "sequential", "parallel")
@@ -63,17 +63,6 @@ def _run_numpyro(model, key, args, kwargs, num_warmup, num_samples, num_chains, 
     return draws, stats
 
 
-def _chain_sharding(num_chains):
-    """Chains split over the available devices (JAX sharding), or None on one device."""
-    devices = jax.devices()
-    if len(devices) < 2 or num_chains % len(devices):
-        return None
-    from jax.sharding import AxisType, NamedSharding, PartitionSpec
-
-    mesh = jax.make_mesh((len(devices),), ("chain",), axis_types=(AxisType.Auto,))
-    return NamedSharding(mesh, PartitionSpec("chain"))
-
-
 def _run_blackjax(model, key, args, kwargs, num_warmup, num_samples, num_chains, chain_method, progress_bar,
                   target_accept_prob, dense_mass, max_tree_depth, init_params=None):
     import blackjax
@@ -111,7 +100,7 @@ def _run_blackjax(model, key, args, kwargs, num_warmup, num_samples, num_chains,
         run = jax.jit(lambda keys, pos: lax.map(lambda kp: one_chain(*kp), (keys, pos)))
     else:
         run = jax.jit(jax.vmap(one_chain))
-        sharding = _chain_sharding(num_chains) if chain_method == "parallel" else None
+        sharding = chain_sharding(num_chains) if chain_method == "parallel" else None
         if sharding is not None:
             keys, positions = jax.device_put((keys, positions), sharding)
     if progress_bar:
@@ -127,19 +116,6 @@ def _run_blackjax(model, key, args, kwargs, num_warmup, num_samples, num_chains,
         "lp": np.asarray(lp),
     }
     return draws, stats
-
-
-def _split_draws(draws, setup, method):
-    """(parameter draws, deterministic values, path draws (C, D, T, dz) or None)."""
-    names = setup.names
-    samples = {k: jnp.asarray(draws[k]) for k in setup.inferred}
-    states = None
-    if method is None:
-        z = jnp.asarray(draws[names.latent])
-        states = jnp.reshape(z, z.shape[:3] + (-1,))
-    skip = set(setup.inferred) | {names.latent, names.obs, names.init}
-    deterministic = {k: jnp.asarray(v) for k, v in draws.items() if k not in skip}
-    return samples, deterministic, states
 
 
 def _validate(ssm, key, setup, method, args, kwargs):
@@ -174,8 +150,6 @@ def sample_posterior(ssm, key, args, kwargs, num_warmup=1000, num_samples=1000, 
         if init_params is not None:
             raise ValueError("init_params is not supported by PMMH (noisy-likelihood backends) yet")
         # A random likelihood estimate (particle filter): particle marginal Metropolis-Hastings, not NUTS.
-        from .pmmh import pmmh_draws
-
         draws, stats, sampler = pmmh_draws(ssm, key, args, kwargs, setup, method, num_warmup, num_samples,
                                            num_chains, chain_method, progress_bar, target_accept_prob, dense_mass,
                                            max_tree_depth)
@@ -186,7 +160,7 @@ def sample_posterior(ssm, key, args, kwargs, num_warmup=1000, num_samples=1000, 
                            progress_bar, target_accept_prob, dense_mass, max_tree_depth, init_params)
         sampler = f"{backend} NUTS, " + (f"marginalised by {type(method).__name__}" if method is not None else
                                          "joint")
-    samples, deterministic, states = _split_draws(draws, setup, method)
+    samples, deterministic, states = split_draws(draws, setup, method)
     posterior = Posterior(ssm=ssm, args=tuple(args), kwargs=dict(kwargs), samples=samples, sample_stats=stats,
                           fixed=setup.fixed, method=method, sampler=sampler, states=states,
                           deterministic=deterministic)

@@ -76,7 +76,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from .._jit import jit_by_arrays
-from .model_setup import SamplerSetup, sampler_model
+from .model_setup import SamplerSetup, chain_sharding, sampler_model
 
 TARGET_ACCEPTANCE = 0.2
 NUM_LOGLIK_EVALS = 16
@@ -260,9 +260,7 @@ def run_pmmh(ssm, key, args, kwargs, setup, method, num_warmup, num_samples, num
     """
     keys = jax.random.split(key, num_chains)
     if chain_method == "parallel":
-        from .nuts import _chain_sharding
-
-        sharding = _chain_sharding(num_chains)
+        sharding = chain_sharding(num_chains)
         if sharding is not None:
             keys = jax.device_put(keys, sharding)
     draws, (lp, accept, accepted), diag, step_sd = jit_by_arrays(

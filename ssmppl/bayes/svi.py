@@ -5,8 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .model_setup import sampler_model, sampler_setup
-from .nuts import _split_draws
+from .model_setup import sampler_model, sampler_setup, split_draws
 from .posterior import Posterior
 
 _GUIDES = ("normal", "mvn", "delta")
@@ -48,7 +47,7 @@ def fit_svi(ssm, key, args, kwargs, guide="normal", optimizer=None, num_steps=50
 
         draws = Predictive(guide_fn, params=result.params, num_samples=num_samples)(k_draw, *args, **kwargs)
     draws = {k: jnp.asarray(v)[None] for k, v in draws.items()}  # one "chain"
-    samples, deterministic, states = _split_draws(draws, setup, method)
+    samples, deterministic, states = split_draws(draws, setup, method)
     name = guide if isinstance(guide, str) else type(guide_fn).__name__
     posterior = Posterior(ssm=ssm, args=tuple(args), kwargs=dict(kwargs), samples=samples, sample_stats={},
                           fixed=setup.fixed, method=method, sampler=f"SVI ({name} guide)", states=states,

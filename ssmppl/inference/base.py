@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from ..errors import CapabilityError, ModelStructureError
 from ..models.dependence import reads
 from ..models.tracing import StateSpace
-from .results import FilterResult, Forecast, SmoothResult
+from ..results import FilterResult, Forecast, SmoothResult
 from .validation import first_nonfinite_step, overflow_hint
 
 

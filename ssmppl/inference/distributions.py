@@ -1,15 +1,21 @@
-"""Reading Gaussian moments off NumPyro distributions.
+"""Reading NumPyro distributions: Gaussian moments, conditional moments, affine
+structure, and log-densities with missing (NaN) components.
 
 Backends receive NumPyro distributions, never hand-extracted matrices; the
 Gaussian backends call ``gaussian_moments`` to get a flat mean and covariance.
+This is where the backends meet NumPyro; the maths they assemble
+(``ssmppl.maths``) sees arrays only.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from ..errors import ModelStructureError
+from ..maths.gaussian import masked_gaussian_log_density
+from ..models.dependence import reads
 
 GAUSSIAN_TYPES = "Normal (scalar, batched or .to_event), MultivariateNormal, LowRankMultivariateNormal"
 
@@ -95,3 +101,45 @@ def conditional_moments(d):
         except NotImplementedError:
             pass
     return mean, jnp.diag(jnp.broadcast_to(var, shape).reshape(-1).astype(dtype))
+
+
+def masked_log_prob(d, y, obs_shape):
+    """log p(y_observed) under ``d`` for a flat y with NaN for missing components.
+
+    A batch of independent scalars (diagonal Gaussians included): the observed
+    terms. Other Gaussian emissions: the exact marginal of the observed
+    components. Anything else must be fully observed.
+    """
+    observed = ~jnp.isnan(y)
+    base = d
+    while isinstance(base, dist.Independent):
+        base = base.base_dist
+    y_model = jnp.reshape(jnp.where(observed, y, 0.0), obs_shape)
+    mask = jnp.reshape(observed, obs_shape)
+    if tuple(base.batch_shape) == tuple(obs_shape) and base.event_shape == ():
+        # independent components (diagonal Gaussians included): elementwise, no factorisation
+        safe = jnp.where(mask, y_model, base.mean if jnp.ndim(base.mean) else jnp.zeros_like(y_model))
+        return jnp.sum(jnp.where(mask, base.log_prob(safe), 0.0))
+    if is_gaussian(d):
+        mean, cov = gaussian_moments(d)
+        return masked_gaussian_log_density(y, mean, cov)
+    return jnp.where(observed.all(), d.log_prob(jnp.reshape(jnp.nan_to_num(y), obs_shape)).sum(), jnp.nan)
+
+
+def affine_parts(fn, z_lin, x):
+    """(A, b, cov) with mean(z) = A z + b exactly when the mean is affine in z."""
+    mean = lambda z: gaussian_moments(fn(z, x))[0]
+    A = jax.jacfwd(mean)(z_lin)
+    b = mean(z_lin) - A @ z_lin
+    return A, b, gaussian_moments(fn(z_lin, x))[1]
+
+
+def check_affine(fn, z, x, site, role, hint):
+    """Raise unless the Gaussian ``fn(z, x)`` has a mean affine in z and a covariance that does not read z."""
+    mean = lambda z_: gaussian_moments(fn(z_, x))[0]
+    if reads(lambda z_, v: jax.jvp(mean, (z_,), (v,))[1], 0, z, z):
+        raise ModelStructureError(f"the mean of the {role} site {site!r} is not affine in the state. {hint}")
+    if reads(lambda z_: gaussian_moments(fn(z_, x))[1], 0, z):
+        raise ModelStructureError(
+            f"the scale of the {role} site {site!r} depends on the state (state-dependent noise). {hint}"
+        )

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 
-from .._jit import _is_array
+from .._jit import is_array
 from ..models.tracing import ScanInterceptor, discover
 
 
@@ -42,14 +42,14 @@ def find_batch(model, args, kwargs, latent=None, obs=None):
     if error is None:
         return None, None
     leaves = jax.tree.leaves((args, kwargs))
-    arrays = [i for i, x in enumerate(leaves) if _is_array(x) and jnp.ndim(x) >= 2]
+    arrays = [i for i, x in enumerate(leaves) if is_array(x) and jnp.ndim(x) >= 2]
     if not arrays:
         raise error
     # The observations: the array with the most axes (first such).
     obs_leaf = max(arrays, key=lambda i: (jnp.ndim(leaves[i]), -i))
     B = int(jnp.shape(leaves[obs_leaf])[0])
     others = [i for i, x in enumerate(leaves)
-              if i != obs_leaf and _is_array(x) and jnp.ndim(x) >= 1 and jnp.shape(x)[0] == B][:4]
+              if i != obs_leaf and is_array(x) and jnp.ndim(x) >= 1 and jnp.shape(x)[0] == B][:4]
     # Prefer splitting as many candidate inputs as the model accepts.
     for k in range(len(others), -1, -1):
         for chosen in itertools.combinations(others, k):

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpyro.distributions as dist
 
-from ..inference.gaussian import gaussian_moments, is_gaussian
-from ..inference.linear_gaussian import _LOG_2PI, masked_emission, psd_factor
-from ..inference.results import SmoothResult, lagged_moments
+from ..inference.distributions import masked_log_prob
+from ..maths.gaussian import psd_factor
+from ..results import SmoothResult, lagged_moments
 
 
 def _points(mean, cov):
@@ -44,32 +43,6 @@ def cubature_points(smoothed: SmoothResult, has_initial: bool):
     marginals = jax.vmap(_points)(m, P)
     initial = _points(smoothed.initial_smoothed_mean, smoothed.initial_smoothed_covariance) if has_initial else None
     return initial, pairs, marginals
-
-
-def masked_log_prob(d, y, obs_shape):
-    """log p(y_observed) under ``d`` for a flat y with NaN for missing components.
-
-    A batch of independent scalars (diagonal Gaussians included): the observed
-    terms. Other Gaussian emissions: the exact marginal of the observed
-    components. Anything else must be fully observed.
-    """
-    observed = ~jnp.isnan(y)
-    base = d
-    while isinstance(base, dist.Independent):
-        base = base.base_dist
-    y_model = jnp.reshape(jnp.where(observed, y, 0.0), obs_shape)
-    mask = jnp.reshape(observed, obs_shape)
-    if tuple(base.batch_shape) == tuple(obs_shape) and base.event_shape == ():
-        # independent components (diagonal Gaussians included): elementwise, no factorisation
-        safe = jnp.where(mask, y_model, base.mean if jnp.ndim(base.mean) else jnp.zeros_like(y_model))
-        return jnp.sum(jnp.where(mask, base.log_prob(safe), 0.0))
-    if is_gaussian(d):
-        mean, cov = gaussian_moments(d)
-        y0, _, d0, R0, n_obs = masked_emission(y, jnp.zeros((y.shape[0], 0), mean.dtype), mean, cov)
-        # each missing component adds an independent N(0 | 0, 1) term: remove it
-        dummy = -0.5 * _LOG_2PI * (y.shape[0] - n_obs)
-        return dist.MultivariateNormal(d0, R0).log_prob(y0) - dummy
-    return jnp.where(observed.all(), d.log_prob(jnp.reshape(jnp.nan_to_num(y), obs_shape)).sum(), jnp.nan)
 
 
 def expected_log_joint(problem, points):

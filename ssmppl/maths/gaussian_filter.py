@@ -29,15 +29,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..learning.expected_log_joint import masked_log_prob
-from .linear_gaussian import (
-    _symmetrize,
-    backward_sample_from_cross,
-    moment_update,
-    rts_smoother_from_cross,
-)
-from .quadrature import SigmaPoints
-from .results import FilterResult, Forecast
+from ..results import FilterResult, Forecast
+from .gaussian import factor_or_repair, moment_update, symmetrize
+from .kalman import backward_sample_from_cross, rts_smoother_from_cross
+from .sigma_points import SigmaPoints
 
 
 class Site(NamedTuple):
@@ -47,27 +42,6 @@ class Site(NamedTuple):
 
     moments: Callable
     noise_reads_state: bool = True
-
-
-def factor_or_repair(P):
-    """(L, P): the Cholesky factor of the symmetrised P, and P itself.
-
-    When the Cholesky fails (P lost positive-definiteness to rounding or to a
-    negative sigma-point weight, or P is singular, as for a known initial state)
-    P is repaired: its negative eigenvalues are set to zero, and the returned
-    P is the repaired one, so the filter carries a valid covariance instead of
-    NaN. ``lax.cond`` keeps the eigendecomposition (and its gradient) off the
-    common path.
-    """
-    P = _symmetrize(P)
-    L = jnp.linalg.cholesky(P)
-
-    def repair(P):
-        w, V = jnp.linalg.eigh(P)
-        w = jnp.clip(w, 0.0)
-        return V * jnp.sqrt(w), _symmetrize((V * w) @ V.T)
-
-    return lax.cond(jnp.all(jnp.isfinite(L)), lambda P: (L, P), repair, P)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +65,7 @@ class TaylorRule:
         J, (mu, noise) = jax.jacfwd(mean_with_aux, has_aux=True)(x)
         mean = mu if at is None else mu + J @ (m - x)
         PJ = P @ J.T
-        return mean, _symmetrize(J @ PJ + noise), PJ
+        return mean, symmetrize(J @ PJ + noise), PJ
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -120,7 +94,7 @@ class PointRule:
             noise = site.moments(m)[1]
         mean = wm @ means
         dev = means - mean
-        cov = _symmetrize((dev.T * wc) @ dev + noise)
+        cov = symmetrize((dev.T * wc) @ dev + noise)
         cross = ((pts - m).T * wc) @ dev
         if not self.points.nonnegative:  # a negative weight can make cov indefinite
             cov = factor_or_repair(cov)[1]
@@ -229,9 +203,3 @@ def gaussian_emission_moments(model: GaussianModel, rule, means, covariances):
         return y_mean, S
 
     return jax.vmap(one)(means, covariances, model.xs)
-
-
-def emission_log_prob(problem):
-    """(z, xs_t, y) -> log p(y_observed | z) for a flat y with NaN for missing entries."""
-    return lambda z, xs_t, y: masked_log_prob(problem.emission(z, xs_t), y, problem.obs_shape)
-

@@ -26,9 +26,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import solve_triangular
 
-from .results import FilterResult, Forecast, SmoothResult
+from ..results import FilterResult, Forecast, SmoothResult
+from .gaussian import LOG_2PI, gaussian_update, masked_emission, predict, psd_factor, symmetrize, tria
 
-_LOG_2PI = 1.8378770664093453
 
 
 class LinearGaussianParams(NamedTuple):
@@ -64,71 +64,6 @@ def params_at(params: LinearGaussianParams, t) -> LinearGaussianParams:
     )
 
 
-def _symmetrize(P):
-    return 0.5 * (P + P.T)
-
-
-def predict(m, P, F, c, Q):
-    """One transition: moments of z_t | y_{1:t-1} from those of z_{t-1} | y_{1:t-1}.
-
-    Symmetrising here also keeps the filtered covariances symmetric across steps.
-    """
-    return F @ m + c, _symmetrize(F @ P @ F.T + Q)
-
-
-def masked_emission(y, H, d, R):
-    """Emission restricted to the observed (non-NaN) components of ``y``.
-
-    Returns (y0, H0, d0, R0, num_observed): missing rows of H and entries of y, d
-    are zero, missing rows/columns of R are those of the identity, so a missing
-    component contributes an independent N(0 | 0, 1) term (its dummy log-density
-    is left out of the log-likelihood by ``moment_update``).
-    """
-    observed = ~jnp.isnan(y)
-    y0 = jnp.where(observed, y, 0.0)
-    H0 = jnp.where(observed[:, None], H, 0.0)
-    d0 = jnp.where(observed, d, 0.0)
-    return y0, H0, d0, masked_covariance(R, observed), jnp.sum(observed)
-
-
-def masked_covariance(R, observed):
-    """R restricted to the ``observed`` (bool (n,)) block, the identity on the others:
-    invertible whenever R_oo is, and block diagonal, so its inverse holds R_oo^{-1}."""
-    both = observed[:, None] & observed[None, :]
-    return jnp.where(both, R, 0.0) + jnp.diag(jnp.where(observed, 0.0, 1.0).astype(R.dtype))
-
-
-def gaussian_update(m, P, y, H, d, R):
-    """Condition N(m, P) on y = H z + d + N(0, R), NaN entries of y missing.
-
-    Returns (filtered mean, filtered covariance, log p(y_observed)).
-    """
-    HP = H @ P
-    return moment_update(m, P, y, H @ m + d, HP @ H.T + R, HP.T)
-
-
-def moment_update(m, P, y, y_mean, S, C):
-    """Condition N(m, P) on y given the joint Gaussian moments of (z, y).
-
-    ``y_mean`` (dy,) = E[y], ``S`` (dy, dy) = Cov[y], ``C`` (dz, dy) = Cov[z, y]
-    (for y = H z + d + noise: H m + d, H P H^T + R, P H^T; the nonlinear filters
-    pass their approximations). NaN entries of y are missing: their rows are
-    dropped from the conditioning. With S = L L^T, one triangular solve gives
-    A = L^{-1} C^T and w = L^{-1} v (v the innovation); then m + A^T w, P - A^T A
-    and the log-density follow without forming the gain.
-    Returns (conditioned mean, conditioned covariance, log N(y_observed; E[y], S)).
-    """
-    observed = ~jnp.isnan(y)
-    v = jnp.where(observed, y - y_mean, 0.0)
-    C0 = jnp.where(observed[None, :], C, 0.0)
-    L = jnp.linalg.cholesky(masked_covariance(S, observed))
-    W = solve_triangular(L, jnp.concatenate([C0.T, v[:, None]], axis=1), lower=True)
-    A, w = W[:, :-1], W[:, -1]
-    log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(L)))
-    ll = -0.5 * (w @ w + log_det + jnp.sum(observed) * _LOG_2PI)
-    return m + A.T @ w, _symmetrize(P - A.T @ A), ll
-
-
 def kalman_filter(params: LinearGaussianParams, ys: jax.Array) -> FilterResult:
     """Sequential Kalman filter. ``ys`` (T, dy), NaN for missing entries."""
     T = ys.shape[0]
@@ -158,7 +93,8 @@ def smoother_gain(cross, P_pred, L_pred=None):
     return solve_triangular(L, X, lower=True, trans="T").T
 
 
-def _smoother_gain(P_filt, F, P_pred, L_pred=None):
+def linear_smoother_gain(P_filt, F, P_pred, L_pred=None):
+    """``smoother_gain`` for a linear transition F (dz, dz)."""
     return smoother_gain(P_filt @ F.T, P_pred, L_pred)
 
 
@@ -166,11 +102,12 @@ def rts_step(m_f, P_f, cross, m_p_next, P_p_next, m_s_next, P_s_next, L_p_next=N
     """One backward RTS step: smoothed moments of z_t and Cov[z_t, z_{t+1} | y_{1:T}]."""
     G = smoother_gain(cross, P_p_next, L_p_next)
     m_s = m_f + G @ (m_s_next - m_p_next)
-    P_s = _symmetrize(P_f + G @ (P_s_next - P_p_next) @ G.T)
+    P_s = symmetrize(P_f + G @ (P_s_next - P_p_next) @ G.T)
     return m_s, P_s, G @ P_s_next
 
 
-def _smooth_back(m_f, P_f, F, m_p_next, P_p_next, m_s_next, P_s_next, L_p_next=None):
+def linear_rts_step(m_f, P_f, F, m_p_next, P_p_next, m_s_next, P_s_next, L_p_next=None):
+    """``rts_step`` for a linear transition F (dz, dz)."""
     return rts_step(m_f, P_f, P_f @ F.T, m_p_next, P_p_next, m_s_next, P_s_next, L_p_next)
 
 
@@ -264,7 +201,7 @@ def backward_sample_from_cross(filtered: FilterResult, cross: jax.Array, key) ->
         m_f, P_f = filtered.filtered_means[t], filtered.filtered_covariances[t]
         P_p = filtered.predicted_covariances[t + 1]
         G = smoother_gain(cross[t], P_p)
-        z = draw(m_f + G @ (z_next - filtered.predicted_means[t + 1]), _symmetrize(P_f - G @ P_p @ G.T), noise[t])
+        z = draw(m_f + G @ (z_next - filtered.predicted_means[t + 1]), symmetrize(P_f - G @ P_p @ G.T), noise[t])
         return z, z
 
     z_last = draw(filtered.filtered_means[-1], filtered.filtered_covariances[-1], noise[-1])
@@ -282,7 +219,7 @@ def emission_moments(params: LinearGaussianParams, means, covariances, include_n
     def one(t, m, P):
         p = params_at(params, t)
         S = p.H @ P @ p.H.T + (p.R if include_noise else 0.0)
-        return p.H @ m + p.d, _symmetrize(S)
+        return p.H @ m + p.d, symmetrize(S)
 
     return jax.vmap(one)(jnp.arange(T), means, covariances)
 
@@ -297,7 +234,7 @@ def kalman_forecast(params: LinearGaussianParams, mean, covariance, num_steps: i
         return (m, P), (m, P)
 
     _, (ms, Ps) = lax.scan(step, (mean, covariance), None, length=num_steps)
-    ym, yP = jax.vmap(lambda m, P: (params.H @ m + params.d, _symmetrize(params.H @ P @ params.H.T + params.R)))(ms, Ps)
+    ym, yP = jax.vmap(lambda m, P: (params.H @ m + params.d, symmetrize(params.H @ P @ params.H.T + params.R)))(ms, Ps)
     return Forecast(state_means=ms, state_covariances=Ps, emission_means=ym, emission_covariances=yP)
 
 
@@ -309,30 +246,8 @@ def kalman_forecast(params: LinearGaussianParams, mean, covariance, num_steps: i
 # form's Cholesky of the innovation covariance breaks down.
 
 
-def psd_factor(P):
-    """A square root A (A A^T = P) of a symmetric PSD matrix, singular ones included.
-
-    Cholesky when P is positive definite; the eigendecomposition otherwise. The
-    branch is a ``lax.cond`` rather than a ``where`` so that gradients come from
-    the Cholesky alone: eigh's gradient is NaN for repeated eigenvalues (P = q I).
-    """
-    P = _symmetrize(P)
-
-    def by_eigh(P):
-        w, V = jnp.linalg.eigh(P)
-        return V * jnp.sqrt(jnp.clip(w, 0.0))
-
-    L = jnp.linalg.cholesky(P)
-    return jax.lax.cond(jnp.all(jnp.isfinite(L)), lambda P: L, by_eigh, P)
-
-
-def _tria(A):
-    """Lower-triangular L with L L^T = A A^T (A is n x m, m >= n)."""
-    return jnp.linalg.qr(A.T, mode="r").T[:, : A.shape[0]]
-
-
 def sqrt_predict(m, L, F, c, LQ):
-    return F @ m + c, _tria(jnp.concatenate([F @ L, LQ], axis=1))
+    return F @ m + c, tria(jnp.concatenate([F @ L, LQ], axis=1))
 
 
 def sqrt_update(m, L, y, H, d, R, LR):
@@ -346,12 +261,12 @@ def sqrt_update(m, L, y, H, d, R, LR):
     LR0 = lax.cond(observed_all, lambda: LR, lambda: jnp.linalg.cholesky(R0))
     dy, dz = H0.shape
     pre = jnp.block([[LR0, H0 @ L], [jnp.zeros((dz, dy), L.dtype), L]])
-    post = _tria(pre)
+    post = tria(pre)
     S_half, K_bar, L_new = post[:dy, :dy], post[dy:, :dy], post[dy:, dy:]
     v = y0 - H0 @ m - d0
     w = solve_triangular(S_half, v, lower=True)
     log_det = 2.0 * jnp.sum(jnp.log(jnp.abs(jnp.diag(S_half))))
-    ll = -0.5 * (w @ w + log_det + n_obs * _LOG_2PI)
+    ll = -0.5 * (w @ w + log_det + n_obs * LOG_2PI)
     return m + K_bar @ w, L_new, ll
 
 

@@ -22,8 +22,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from ..inference.linear_gaussian import _symmetrize, masked_covariance
-from ..inference.results import SmoothResult, lagged_moments
+from ..results import SmoothResult, lagged_moments
+from .gaussian import masked_covariance, symmetrize
 
 
 def _regressors(m, u):
@@ -129,7 +129,7 @@ def solve_regression(Sxx, Syx, Syy, n, blocks, cov_name, current, frozen):
             out[name] = jnp.reshape(W[:, st:st + s], jnp.shape(current[name]))
     if cov_name not in frozen:
         resid = Syy - W @ Syx.T - Syx @ W.T + W @ Sxx @ W.T
-        out[cov_name] = _symmetrize(resid / n)
+        out[cov_name] = symmetrize(resid / n)
     return out
 
 
@@ -177,5 +177,5 @@ class LinearGaussianMStep:
         if "initial_cov" not in role_frozen:
             mean = new.get("initial_mean", role_params["initial_mean"])
             dev = m0s - mean
-            new["initial_cov"] = _symmetrize(P0s.mean(0) + dev.T @ dev / dev.shape[0])
+            new["initial_cov"] = symmetrize(P0s.mean(0) + dev.T @ dev / dev.shape[0])
         return {**params, **{s[role]: value for role, value in new.items()}}

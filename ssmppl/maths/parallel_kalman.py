@@ -53,17 +53,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import cho_solve, lu_factor, lu_solve, solve_triangular
 
-from .linear_gaussian import (
-    _LOG_2PI,
-    LinearGaussianParams,
-    _smooth_back,
-    _smoother_gain,
-    _symmetrize,
-    masked_emission,
-    predict,
-    time_varying,
-)
-from .results import FilterResult, SmoothResult
+from ..results import FilterResult, SmoothResult
+from .gaussian import LOG_2PI, masked_emission, predict, symmetrize
+from .kalman import LinearGaussianParams, linear_rts_step, linear_smoother_gain, time_varying
 
 __all__ = ["parallel_kalman_filter", "parallel_rts_smoother"]
 
@@ -84,18 +76,18 @@ def _filtering_element(m_prev, P_prev, y, F, c, Q, H, d, R):
     y0, H0, d0, R0, _ = masked_emission(y, H, d, R)
     dz = F.shape[0]
     m_pred, P_pred = predict(m_prev, P_prev, F, c, Q)
-    S = _symmetrize(H0 @ P_pred @ H0.T + R0)
+    S = symmetrize(H0 @ P_pred @ H0.T + R0)
     L = jnp.linalg.cholesky(S)
     v = y0 - H0 @ m_pred - d0
     K = cho_solve((L, True), H0 @ P_pred).T
     IKH = jnp.eye(dz, dtype=P_pred.dtype) - K @ H0
     A = IKH @ F
     b = m_pred + K @ v
-    C = _symmetrize(IKH @ P_pred @ IKH.T + K @ R0 @ K.T)
+    C = symmetrize(IKH @ P_pred @ IKH.T + K @ R0 @ K.T)
     W = solve_triangular(L, H0 @ F, lower=True)  # L^{-1} H F
     w = solve_triangular(L, v, lower=True)  # L^{-1} v
     eta = W.T @ w
-    J = _symmetrize(W.T @ W)
+    J = symmetrize(W.T @ W)
     return A, b, C, eta, J
 
 
@@ -124,20 +116,20 @@ def _filtering_combine(earlier, later):
     AY = A_i.T @ Y  # [A_i' M^{-T} J_j | A_i' M^{-T} (eta_j - J_j b_i)]
     A = AX[:, :dz]
     b = AX[:, 2 * dz] + b_j
-    C = _symmetrize(AX[:, dz : 2 * dz] @ A_j.T + C_j)
+    C = symmetrize(AX[:, dz : 2 * dz] @ A_j.T + C_j)
     eta = AY[:, dz] + eta_i
-    J = _symmetrize(AY[:, :dz] @ A_i + J_i)
+    J = symmetrize(AY[:, :dz] @ A_i + J_i)
     return A, b, C, eta, J
 
 
 def _log_predictive(m_pred, P_pred, y, H, d, R):
     """log p(y_observed | y_{1:t-1}) from the predicted moments, as in ``gaussian_update``."""
     y0, H0, d0, R0, n_obs = masked_emission(y, H, d, R)
-    S = _symmetrize(H0 @ P_pred @ H0.T + R0)
+    S = symmetrize(H0 @ P_pred @ H0.T + R0)
     L = jnp.linalg.cholesky(S)
     w = solve_triangular(L, y0 - H0 @ m_pred - d0, lower=True)
     log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(L)))
-    return -0.5 * (w @ w + log_det + n_obs * _LOG_2PI)
+    return -0.5 * (w @ w + log_det + n_obs * LOG_2PI)
 
 
 def parallel_kalman_filter(params: LinearGaussianParams, ys: jax.Array) -> FilterResult:
@@ -187,11 +179,11 @@ def parallel_kalman_filter(params: LinearGaussianParams, ys: jax.Array) -> Filte
 
 def _smoothing_element(m_f, P_f, F, Q, m_p_next, P_p_next):
     """Element (E, g, L) of step k < T: z_k | z_{k+1}, y_{1:k} = N(E z_{k+1} + g, L)."""
-    G = _smoother_gain(P_f, F, P_p_next)
+    G = linear_smoother_gain(P_f, F, P_p_next)
     g = m_f - G @ m_p_next
     # Joseph form of P_f - G P_pred G^T (equal to it, but PSD under rounding).
     IGF = jnp.eye(m_f.shape[0], dtype=P_f.dtype) - G @ F
-    L = _symmetrize(IGF @ P_f @ IGF.T + G @ Q @ G.T)
+    L = symmetrize(IGF @ P_f @ IGF.T + G @ Q @ G.T)
     return G, g, L
 
 
@@ -202,7 +194,7 @@ def _smoothing_combine(later, earlier):
     """
     E_j, g_j, L_j = later
     E_i, g_i, L_i = earlier
-    return E_i @ E_j, E_i @ g_j + g_i, _symmetrize(E_i @ L_j @ E_i.T + L_i)
+    return E_i @ E_j, E_i @ g_j + g_i, symmetrize(E_i @ L_j @ E_i.T + L_i)
 
 
 def parallel_rts_smoother(params: LinearGaussianParams, filtered: FilterResult) -> SmoothResult:
@@ -230,7 +222,7 @@ def parallel_rts_smoother(params: LinearGaussianParams, filtered: FilterResult) 
 
     cross = G @ Ps[1:]  # Cov[z_t, z_{t+1} | y] = G_t P^s_{t+1}
     F_1 = params.F[0] if tv.F else params.F
-    m0s, P0s, cross0 = _smooth_back(
+    m0s, P0s, cross0 = linear_rts_step(
         params.initial_mean, params.initial_covariance, F_1, mp[0], Pp[0], ms[0], Ps[0]
     )
     return SmoothResult(

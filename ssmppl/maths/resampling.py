@@ -36,7 +36,7 @@ def _check_count(n):
         raise ValueError(f"the number of particles to draw must be a positive int, got {n!r}")
 
 
-def _inverse_cdf(weights, u):
+def inverse_cdf(weights, u):
     """Indices i with C_{i-1} <= u < C_i for sorted u in [0, 1), C the cumulative weights."""
     cdf = _cumsum(weights)
     # the last cumulative weight can round below u: clip into range
@@ -53,7 +53,7 @@ def multinomial_resample(key, log_weights, n: int):
     """n i.i.d. draws from the weights (sorted): the baseline scheme."""
     _check_count(n)
     w = normalized_weights(log_weights)
-    return _inverse_cdf(w, _uniform_spacings(key, n, w.dtype))
+    return inverse_cdf(w, _uniform_spacings(key, n, w.dtype))
 
 
 def _ancestors_from_starts(starts, n: int):
@@ -107,7 +107,7 @@ def residual_resample(key, log_weights, n: int):
     # n draws from the residual weights; only the first num_random count (static shapes)
     total = jnp.sum(residual)
     residual = jnp.where(total > 0, residual / jnp.where(total > 0, total, 1.0), 1.0 / N)
-    draws = _inverse_cdf(residual, jax.random.uniform(key, (n,), w.dtype))
+    draws = inverse_cdf(residual, jax.random.uniform(key, (n,), w.dtype))
     keep = jnp.arange(n) < num_random
     counts = copies.astype(jnp.int32) + jnp.zeros(N, jnp.int32).at[draws].add(keep.astype(jnp.int32))
     return jnp.repeat(jnp.arange(N), counts, total_repeat_length=n)
@@ -132,3 +132,14 @@ def resampler(name: str):
 def offspring_counts(ancestors, num_particles: int):
     """How many times each of the N particles was drawn: (N,) integers summing to n."""
     return jnp.zeros(num_particles, jnp.int32).at[ancestors].add(1)
+
+
+def weighted_moments(particles, log_weights):
+    """(normalised log-weights (N,), mean (dz,), covariance (dz, dz), ESS, log of the weights' sum)
+    of particles (N, dz) with unnormalised log-weights: one exponentiation of the N weights."""
+    log_norm = jax.nn.logsumexp(log_weights)
+    log_weights = log_weights - log_norm
+    w = jnp.exp(log_weights)
+    mean = w @ particles
+    dev = particles - mean
+    return log_weights, mean, (dev.T * w) @ dev, 1.0 / jnp.sum(w**2), log_norm

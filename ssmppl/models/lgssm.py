@@ -9,7 +9,7 @@ import numpyro.distributions as dist
 from numpyro.contrib.control_flow import scan
 from numpyro.distributions import constraints
 
-from ..learning.lgssm_mstep import LinearGaussianMStep
+from ..maths.lgssm_em import LinearGaussianMStep
 
 
 def linear_gaussian_ssm(state_dim: int, emission_dim: int, input_dim: int = 0, **initial_values):

@@ -14,40 +14,14 @@ memory. A fixed lag L conditions state s on y_{1:s+L} only.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
-from jax import lax
 
-from .ensemble import EnsembleSmoothExtras, ensemble_filter, smoothable
-from .results import SmoothResult
-
-
-def _sample_moments(X, covariances=True):
-    """Means (T, d), covariances (T, d, d) or None, and the centred members (T, N, d)."""
-    mean = X.mean(1)
-    A = X - mean[:, None]
-    N = X.shape[1]
-    cov = jnp.einsum("tni,tnj->tij", A, A) / (N - 1) if covariances else None
-    return mean, cov, A
-
-
-def smoothing_products(G, lag=None):
-    """(T+1, N, N) products P_s with X_{s|.} = P_s X_s^a, s = 0..T, from the transforms G (T, N, N)
-    (G[t-1] is G_t): all of G_{s+1..T} (lag None) or G_{s+1..s+lag}."""
-    T, N, _ = G.shape
-    eye = jnp.eye(N, dtype=G.dtype)
-    if lag is None:
-        def back(P, G_s):
-            return P @ G_s, P
-
-        first, P = lax.scan(back, eye, G, reverse=True)  # P[s-1] = G_T ... G_{s+1} for s = 1..T
-        return jnp.concatenate([first[None], P])
-    G_pad = jnp.concatenate([G, jnp.broadcast_to(eye, (lag, N, N))])
-
-    def forward(P, l):  # P_s <- G_{s+l} P_s for all s at once
-        return jnp.einsum("sij,sjk->sik", lax.dynamic_slice_in_dim(G_pad, l, T + 1), P), None
-
-    P, _ = lax.scan(forward, jnp.broadcast_to(eye, (T + 1, N, N)), jnp.arange(lag))
-    return P
+from ...maths.ensemble import anomaly_moments, centre, smoothing_products
+from ...results import SmoothResult
+from .filter import ensemble_filter
+from .inflation import Adaptive, Multiplicative, RTPP, as_inflation
+from .results import EnsembleSmoothExtras
 
 
 def ensemble_smooth(problem, key, settings) -> SmoothResult:
@@ -63,7 +37,8 @@ def ensemble_smooth(problem, key, settings) -> SmoothResult:
         P = smoothing_products(G, settings.lag)
     states = jnp.concatenate([filtered.initial_ensemble[None], filtered.filtered_ensembles])
     smoothed = jnp.einsum("sij,sjd->sid", P, states)  # (T+1, N, d)
-    mean, covariance, A = _sample_moments(smoothed, cov)
+    mean, A = jax.vmap(centre)(smoothed)
+    covariance = jax.vmap(lambda a: anomaly_moments(a)[1])(A) if cov else None
     N = settings.num_members
     cross = jnp.einsum("tni,tnj->tij", A[:-1], A[1:]) / (N - 1) if cov else None
     if not settings.keep_ensembles:
@@ -74,3 +49,15 @@ def ensemble_smooth(problem, key, settings) -> SmoothResult:
         initial_smoothed_mean=mean[0], initial_smoothed_covariance=None if covariance is None else covariance[0],
         initial_cross_covariance=None if cross is None else cross[0],
         extras=EnsembleSmoothExtras(smoothed_ensembles=smoothed[1:], initial_smoothed_ensemble=smoothed[0]))
+
+
+def smoothable(settings) -> "str | None":
+    """None if the EnKS can reuse the filter's ensemble transforms, else why not."""
+    if settings.localization is not None:
+        return ("a localised analysis updates each component with its own transform, so the past states "
+                "cannot be updated by one ensemble transform")
+    kinds = as_inflation(settings.inflation, "EnKF")
+    other = [type(k).__name__ for k in kinds if not isinstance(k, (Multiplicative, RTPP, Adaptive))]
+    if other:
+        return f"{other} inflation acts per component or adds noise, not as an ensemble transform"
+    return None

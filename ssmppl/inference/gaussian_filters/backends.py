@@ -22,24 +22,22 @@ from typing import Any, ClassVar, Optional
 
 import jax.numpy as jnp
 
-from ..errors import ModelStructureError
-from ..models.dependence import reads, require_derivative
-from ..models.tracing import StateSpace
-from .base import ALL_CAPABILITIES, Backend, check_forecastable
-from .gaussian import GAUSSIAN_TYPES, family_name, conditional_moments, gaussian_moments, is_gaussian
-from .gaussian_filter import (
+from ...errors import ModelStructureError
+from ...maths.gaussian_filter import (
     GaussianModel,
-    PointRule,
     Site,
-    TaylorRule,
-    emission_log_prob,
     gaussian_emission_moments,
     gaussian_filter,
     gaussian_forecast,
     gaussian_sample_states,
     gaussian_smoother,
 )
-from .quadrature import gauss_hermite_points, unscented_points
+from ...models.dependence import reads, require_derivative
+from ...models.tracing import StateSpace
+from ..base import ALL_CAPABILITIES, Backend, check_forecastable
+from ..distributions import GAUSSIAN_TYPES, conditional_moments, family_name, gaussian_moments, is_gaussian, \
+    masked_log_prob
+from .rules import RULES, GaussHermiteCubature, TaylorLinearization, UnscentedTransform
 
 _NON_GAUSSIAN_HINT = (
     "use MomentMatching(rule=UKF()) (moment matching with the site's conditional mean and variance) "
@@ -65,59 +63,6 @@ def _check_differentiable(mean_fn, z, site, role):
         f"EKF() linearises by differentiation, but the mean of the {role} site {site!r} depends on the "
         "state only through non-differentiable operations (rounding, comparisons, integer casts), so its "
         "Jacobian is zero. Use UKF() or GaussHermite(), which need no derivatives")
-
-
-# -- Gaussian-filter rules: how E[f(z)] and Cov[f(z), z] are computed under a Gaussian ----------------
-
-@dataclasses.dataclass(frozen=True)
-class TaylorLinearization:
-    """First-order Taylor expansion at the mean (the EKF's rule); ``iterations`` > 1
-    relinearises at the updated mean (iterated EKF, and Gauss-Newton smoother passes)."""
-
-    iterations: int = 1
-
-    def __post_init__(self):
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"iterations must be an integer >= 1, got {self.iterations!r}")
-
-    def build(self, n: int) -> TaylorRule:
-        """The rule's engine for an n-dimensional Gaussian."""
-        return TaylorRule()
-
-
-@dataclasses.dataclass(frozen=True)
-class UnscentedTransform:
-    """The unscented transform's 2n + 1 sigma points (see ``UKF``)."""
-
-    alpha: float = 1.0
-    beta: float = 0.0
-    kappa: Optional[float] = None
-    iterations = 1
-
-    def __post_init__(self):
-        if not self.alpha > 0:
-            raise ValueError(f"alpha must be positive, got {self.alpha!r}")
-
-    def build(self, n: int) -> PointRule:
-        return PointRule(unscented_points(n, self.alpha, self.beta, self.kappa))
-
-
-@dataclasses.dataclass(frozen=True)
-class GaussHermiteCubature:
-    """The Gauss-Hermite product rule with order^n points (see ``GaussHermite``)."""
-
-    order: int = 3
-    iterations = 1
-
-    def __post_init__(self):
-        if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 1:
-            raise ValueError(f"order must be an integer >= 1, got {self.order!r}")
-
-    def build(self, n: int) -> PointRule:
-        return PointRule(gauss_hermite_points(n, self.order))
-
-
-RULES = (TaylorLinearization, UnscentedTransform, GaussHermiteCubature)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +121,7 @@ class _GaussianApproximation(Backend):
         return GaussianModel(
             transition=lambda xs_t: Site(lambda z_: moments(problem.transition(z_, xs_t)), trans_noise),
             emission=lambda xs_t: Site(lambda z_: moments(problem.emission(z_, xs_t)), emis_noise),
-            emission_log_prob=emission_log_prob(problem),
+            emission_log_prob=lambda z_, xs_t, y: masked_log_prob(problem.emission(z_, xs_t), y, problem.obs_shape),
             initial_mean=m0,
             initial_covariance=P0,
             xs=problem.xs,

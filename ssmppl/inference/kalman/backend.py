@@ -8,12 +8,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from ..errors import ModelStructureError
-from ..models.dependence import leaves_reading, reads
-from ..models.tracing import StateSpace
-from .base import ALL_CAPABILITIES, Backend
-from .gaussian import GAUSSIAN_TYPES, family_name, gaussian_moments, is_gaussian
-from .linear_gaussian import (
+from ...errors import ModelStructureError
+from ...maths.kalman import (
     LinearGaussianParams,
     backward_sample,
     emission_moments,
@@ -23,20 +19,16 @@ from .linear_gaussian import (
     sqrt_kalman_filter,
     time_varying,
 )
-from .parallel_kalman import parallel_kalman_filter, parallel_rts_smoother
+from ...maths.parallel_kalman import parallel_kalman_filter, parallel_rts_smoother
+from ...models.dependence import leaves_reading
+from ...models.tracing import StateSpace
+from ..base import ALL_CAPABILITIES, Backend
+from ..distributions import GAUSSIAN_TYPES, affine_parts, check_affine, family_name, gaussian_moments, is_gaussian
 
 _NONLINEAR_HINT = (
     "Kalman() is exact only for linear Gaussian models; use a nonlinear filter from "
     "ssmppl.inference (EKF(), UKF() or GaussHermite()) for this model"
 )
-
-
-def _affine_parts(fn, z_lin, x):
-    """(A, b, cov) with mean(z) = A z + b exactly when the mean is affine in z."""
-    mean = lambda z: gaussian_moments(fn(z, x))[0]
-    A = jax.jacfwd(mean)(z_lin)
-    b = mean(z_lin) - A @ z_lin
-    return A, b, gaussian_moments(fn(z_lin, x))[1]
 
 
 def _check_gaussian(d, site, role):
@@ -46,17 +38,6 @@ def _check_gaussian(d, site, role):
             "Kalman() is exact only for linear Gaussian models; use MomentMatching(rule=UKF()) from "
             "ssmppl.inference (moment matching with the site's conditional mean and variance) or a "
             "particle filter for non-Gaussian sites"
-        )
-
-
-def _check_affine(fn, z, x, site, role, hint=_NONLINEAR_HINT):
-    """Raise unless the Gaussian ``fn(z, x)`` has a mean affine in z and a covariance that does not read z."""
-    mean = lambda z_: gaussian_moments(fn(z_, x))[0]
-    if reads(lambda z_, v: jax.jvp(mean, (z_,), (v,))[1], 0, z, z):
-        raise ModelStructureError(f"the mean of the {role} site {site!r} is not affine in the state. {hint}")
-    if reads(lambda z_: gaussian_moments(fn(z_, x))[1], 0, z):
-        raise ModelStructureError(
-            f"the scale of the {role} site {site!r} depends on the state (state-dependent noise). {hint}"
         )
 
 
@@ -88,9 +69,9 @@ def linear_gaussian_params(problem: StateSpace) -> LinearGaussianParams:
     for fn, site, role in sites:  # non-Gaussian first: its advice differs
         _check_gaussian(fn(z0, x0), site, role)
     for fn, site, role in sites:
-        _check_affine(fn, z0, x0, site, role)
-    F, c, Q = _materialise(lambda x: _affine_parts(problem.transition, z0, x), problem.xs, x0)
-    H, d, R = _materialise(lambda x: _affine_parts(problem.emission, z0, x), problem.xs, x0)
+        check_affine(fn, z0, x0, site, role, _NONLINEAR_HINT)
+    F, c, Q = _materialise(lambda x: affine_parts(problem.transition, z0, x), problem.xs, x0)
+    H, d, R = _materialise(lambda x: affine_parts(problem.emission, z0, x), problem.xs, x0)
     if problem.initial is None:
         m0, P0 = problem.initial_value, jnp.zeros((dz, dz), dtype)
     else:

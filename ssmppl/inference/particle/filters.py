@@ -47,58 +47,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..errors import ModelStructureError
-from ..learning.expected_log_joint import masked_log_prob
-from .base import ALL_CAPABILITIES, Backend, check_forecastable
-from .gaussian import conditional_moments, family_name, gaussian_moments, is_gaussian
-from .gaussian_filter import factor_or_repair
-from .kalman import _affine_parts, _check_affine
-from .linear_gaussian import moment_update
-from .resampling import RESAMPLERS, effective_sample_size, resampler
-from .results import FilterResult, Forecast, Result, SmoothResult
+from ...errors import ModelStructureError
+from ...maths.gaussian import factor_or_repair, moment_update
+from ...maths.resampling import RESAMPLERS, effective_sample_size, resampler, weighted_moments
+from ...results import FilterResult, SmoothResult
+from ..base import ALL_CAPABILITIES, Backend
+from ..distributions import affine_parts, check_affine, family_name, gaussian_moments, is_gaussian, masked_log_prob
+from ..samples import flat_sample, forecast_samples, initial_draws, mixture_predictive
+from .results import ParticleFilterExtras
+from .smoother import backward_trajectories, particle_smooth
 
 GRADIENT_ESTIMATORS = ("stop_gradient", "score")
 SMOOTHERS = ("ffbsi", "genealogy")
-
-
-class ParticleFilterExtras(Result):
-    """``FilterResult.extras`` of a particle filter (whose means and covariances are weighted
-    particle moments and ``marginal_loglik`` the log of the unbiased likelihood estimate).
-
-      ess: (T,)            effective sample size of the weights after step t's update
-      resampled: (T,)      whether the particles were resampled before step t's move
-      final_particles: (N, dz), final_log_weights: (N,) the last step's (``ssm.forecast``
-                           starts from them)
-    With ``keep_particles=True`` (absent otherwise):
-      particles: (T, N, dz) z_t^i after step t
-      log_weights: (T, N)  their normalised log-weights log W_t^i
-      ancestors: (T, N)    a_t^i, the index at t-1 of particle i's parent (at t = 1 an index
-                           into ``initial_particles``)
-      initial_particles: (N, dz) the draws of z_0
-    """
-
-    FIELDS = ("ess", "resampled", "final_particles", "final_log_weights", "particles", "log_weights", "ancestors",
-              "initial_particles")
-
-
-class ParticleSmoothExtras(Result):
-    """``SmoothResult.extras`` of a particle smoother: ``trajectories`` (M, T, dz), draws of
-    z_{1:T} from the smoothing distribution (FFBSi: M independent backward draws; genealogy:
-    M lineages drawn by final weight). Smoothed moments are the trajectories' sample moments
-    (FFBSi) or the weighted moments of all N lineages (genealogy)."""
-
-    FIELDS = ("trajectories",)
-
-
-def weighted_moments(particles, log_weights):
-    """(normalised log-weights (N,), mean (dz,), covariance (dz, dz), ESS, log of the weights' sum)
-    of particles (N, dz) with unnormalised log-weights: one exponentiation of the N weights."""
-    log_norm = jax.nn.logsumexp(log_weights)
-    log_weights = log_weights - log_norm
-    w = jnp.exp(log_weights)
-    mean = w @ particles
-    dev = particles - mean
-    return log_weights, mean, (dev.T * w) @ dev, 1.0 / jnp.sum(w**2), log_norm
 
 
 def _takes_transition(fn) -> bool:
@@ -122,9 +82,6 @@ def _user_fn(fn, problem):
 
 # -- moves: (key, z_prev (dz,), xs_t, y (dy,)) -> (z (dz,), log incremental weight) -----------------
 
-def _flat_sample(d, key, dz, dtype):
-    return d.sample(key).reshape(dz).astype(dtype)
-
 
 def _log_prob_flat(d, z, shape):
     return jnp.sum(d.log_prob(z.reshape(shape)))
@@ -135,7 +92,7 @@ def bootstrap_move(problem, dtype):
     dz = problem.state_dim
 
     def move(key, z_prev, xs_t, y):
-        z = _flat_sample(problem.transition(z_prev, xs_t), key, dz, dtype)
+        z = flat_sample(problem.transition(z_prev, xs_t), key, dz, dtype)
         return z, masked_log_prob(problem.emission(z, xs_t), y, problem.obs_shape)
 
     return move
@@ -148,7 +105,7 @@ def proposal_move(problem, proposal, dtype):
 
     def move(key, z_prev, xs_t, y):
         q = q_of(z_prev, xs_t, y)
-        z = _flat_sample(q, key, dz, dtype)
+        z = flat_sample(q, key, dz, dtype)
         log_f = _log_prob_flat(problem.transition(z_prev, xs_t), z, shape)
         log_g = masked_log_prob(problem.emission(z, xs_t), y, problem.obs_shape)
         return z, log_f + log_g - _log_prob_flat(q, z, shape)
@@ -171,7 +128,7 @@ def _check_locally_optimal(problem):
         raise ModelStructureError(f"GuidedPF's locally optimal proposal needs a Gaussian emission, but the site "
                                   f"{names.obs!r} is a {family_name(em)}; {fix}")
     hint = f"GuidedPF's locally optimal proposal needs a linear Gaussian emission: {fix}"
-    _check_affine(problem.emission, z, x, names.obs, "emission", hint)
+    check_affine(problem.emission, z, x, names.obs, "emission", hint)
 
 
 def locally_optimal_move(problem, dtype):
@@ -182,7 +139,7 @@ def locally_optimal_move(problem, dtype):
     def move(key, z_prev, xs_t, y):
         m, Q = gaussian_moments(problem.transition(z_prev, xs_t))
         # y = H z + d + N(0, R), read at z = 0: under vmap over particles this is computed once per step
-        H, d, R = _affine_parts(problem.emission, jnp.zeros(dz, dtype), xs_t)
+        H, d, R = affine_parts(problem.emission, jnp.zeros(dz, dtype), xs_t)
         QH = Q @ H.T
         mean, cov, log_alpha = moment_update(m, Q, y, H @ m + d, H @ QH + R, QH)
         L = factor_or_repair(cov)[0]  # singular when some state component is observed exactly
@@ -209,12 +166,6 @@ def default_log_eta(problem):
 
 # -- the recursion --------------------------------------------------------------------------------
 
-def _initial_particles(problem, key, N, dtype):
-    dz = problem.state_dim
-    if problem.initial is None:
-        return jnp.broadcast_to(problem.initial_value.astype(dtype), (N, dz))
-    return problem.initial.sample(key, (N,)).reshape(N, dz).astype(dtype)
-
 
 def particle_filter(problem, key, num_particles: int, move=None, log_eta=_no_look_ahead, scheme: str = "systematic",
                     ess_threshold: float = 0.5, gradient: str = "score",
@@ -230,7 +181,7 @@ def particle_filter(problem, key, num_particles: int, move=None, log_eta=_no_loo
     dtype = jnp.result_type(problem.observations, float)
     log_n = jnp.log(N).astype(dtype)
     key_init, key_steps = jax.random.split(key)
-    particles = _initial_particles(problem, key_init, N, dtype)
+    particles = initial_draws(problem, key_init, N, dtype)
     log_w = jnp.full(N, -log_n, dtype)
     blind = bootstrap_move(problem, dtype)
 
@@ -289,39 +240,6 @@ def particle_filter(problem, key, num_particles: int, move=None, log_eta=_no_loo
     extras = ParticleFilterExtras(ess=ess, resampled=resampled_flags, final_particles=last,
                                   final_log_weights=last_log_w, **stored)
     return FilterResult.from_steps(lls, mf, Pf, mp, Pp, extras)
-
-
-def particle_forecast(problem, particles, log_weights, xs_t, num_steps: int, key) -> Forecast:
-    """Moments of the next ``num_steps`` states and emissions: the weighted particles move by
-    the transition; emission moments mix each particle's conditional mean and covariance."""
-    dz, dtype = problem.state_dim, particles.dtype
-    w = jax.nn.softmax(log_weights)
-
-    def step(z, k):
-        z = jax.vmap(lambda k_, zp: _flat_sample(problem.transition(zp, xs_t), k_, dz, dtype))(
-            jax.random.split(k, z.shape[0]), z)
-        _, m, P, _, _ = weighted_moments(z, log_weights)
-        y_means, y_covs = jax.vmap(lambda z_: conditional_moments(problem.emission(z_, xs_t)))(z)
-        y_mean = w @ y_means
-        dev = y_means - y_mean
-        S = jnp.einsum("n,nij->ij", w, y_covs) + (dev.T * w) @ dev
-        return z, (m, P, y_mean, S)
-
-    _, (ms, Ps, ym, yS) = lax.scan(step, particles, jax.random.split(key, num_steps))
-    return Forecast(state_means=ms, state_covariances=Ps, emission_means=ym, emission_covariances=yS)
-
-
-def mixture_predictive(problem, paths):
-    """Means and standard deviations (T, dy) of y_t under an equally weighted set of latent paths
-    (M, T, dz): the mixture of p(y_t | z_t) over the paths."""
-
-    def at(z, xs_t):
-        mean, cov = conditional_moments(problem.emission(z, xs_t))
-        return mean, jnp.diagonal(cov)
-
-    per_path = jax.vmap(lambda path: jax.vmap(at)(path, problem.xs))  # xs may be None
-    means, variances = per_path(paths)  # (M, T, dy) each
-    return means.mean(axis=0), jnp.sqrt(variances.mean(axis=0) + means.var(axis=0))
 
 
 def first_impossible_step(log_predictive) -> Optional[int]:
@@ -383,29 +301,23 @@ class _ParticleBackend(Backend):
         return self._run(problem, key, self.keep_particles)
 
     def smooth(self, problem, key=None) -> SmoothResult:
-        from .particle_smoother import particle_smooth
-
         key_filter, key_back = jax.random.split(self._key(key))
         filtered = self._run(problem, key_filter, True)
         return particle_smooth(problem, filtered, key_back, self.smoother, self.num_trajectories,
                                self.keep_particles)
 
     def sample_states(self, problem, key):
-        from .particle_smoother import backward_trajectories
-
         key_filter, key_back = jax.random.split(key)
         filtered = self._run(problem, key_filter, True)
         return backward_trajectories(problem, filtered, key_back, 1, self.smoother)[0]
 
     def forecast(self, problem, filtered, num_steps, key=None):
-        check_forecastable(problem)
-        x_last = None if problem.xs is None else problem.xs_at(problem.length - 1)
-        return particle_forecast(problem, filtered.final_particles, filtered.final_log_weights, x_last, num_steps,
-                                 self._key(key))
+        return forecast_samples(problem, filtered.extras.final_particles, num_steps, self._key(key),
+                                filtered.extras.final_log_weights)
 
     def posterior_predictive(self, problem, smoothed):
         """E[y_t | y_{1:T}] and sd[y_t | y_{1:T}] (T, dy), mixing p(y_t | z_t) over the smoothed paths."""
-        return mixture_predictive(problem, smoothed.trajectories)
+        return mixture_predictive(problem, smoothed.extras.trajectories)
 
     def diagnose(self, problem, result) -> Optional[str]:
         """A message when some step's weights were all zero or not finite (checked outside jit)."""

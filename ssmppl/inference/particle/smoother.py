@@ -18,6 +18,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ...results import SmoothResult
+from .results import ParticleSmoothExtras
+
 
 def _with_initial(problem, filtered):
     """Particles (T+1, N, dz) and normalised log-weights (T+1, N), z_0 first (uniform weights)."""
@@ -89,7 +92,6 @@ def _path_moments(paths, w):
 
 def particle_smooth(problem, filtered, key, method: str, num_paths: int, keep_particles: bool):
     """A ``SmoothResult`` from a filter run with its particles kept."""
-    from .particle import ParticleSmoothExtras
 
     if method == "ffbsi":
         paths = ffbsi(problem, filtered, key, num_paths)

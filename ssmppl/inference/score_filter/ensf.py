@@ -62,52 +62,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..learning.expected_log_joint import masked_log_prob
-from ..models.dependence import require_derivative
-from .base import Backend, Capability, check_forecastable
-from .ensemble import EnsembleFilterExtras, _initial_ensemble, _moments, ensemble_forecast
-from .results import FilterResult
-
-SCORES = ("paired", "mixture")
-
-# -- the noising schedule --------------------------------------------------------------------------
-
-def schedule(t, eps_alpha, eps_beta):
-    """(alpha_t, beta_t^2, b(t), sigma^2(t)) of the linear schedule in the module docstring."""
-    alpha = 1.0 - (1.0 - eps_alpha) * t
-    beta2 = eps_beta + (1.0 - eps_beta) * t
-    b = -(1.0 - eps_alpha) / alpha
-    sigma2 = (1.0 - eps_beta) - 2.0 * b * beta2
-    return alpha, beta2, b, sigma2
-
-
-# -- prior scores: samples Z (N, d), forecast members X (N, d) -> (N, d) ----------------------------
-
-def paired_score(Z, X, alpha, beta2):
-    """-(z_j - alpha x_j) / beta^2: sample j sees member j only."""
-    return -(Z - alpha * X) / beta2
-
-
-def mixture_weights(Z, X, alpha, beta2):
-    """(N_z, N_x) softmax weights w_ij of member j for sample i, without (N, N, d) intermediates.
-
-    |z_i - alpha x_j|^2 = |u_i|^2 - 2 alpha u_i.a_j + alpha^2 |a_j|^2 with u_i = z_i - alpha m,
-    a_j = x_j - m (m the ensemble mean); |u_i|^2 is constant in j and drops out of the softmax.
-    """
-    m = X.mean(0)
-    A = X - m
-    U = Z - alpha * m
-    logits = (2.0 * alpha * (U @ A.T) - alpha ** 2 * jnp.sum(A * A, axis=1)) / (2.0 * beta2)
-    return jax.nn.softmax(logits, axis=1)
-
-
-def mixture_score(Z, X, alpha, beta2):
-    """Score of (1/N) sum_j N(alpha x_j, beta^2 I) at each row of Z: -(z - alpha sum_j w_j x_j) / beta^2."""
-    W = mixture_weights(Z, X, alpha, beta2)
-    return -(Z - alpha * (W @ X)) / beta2
-
-
-_PRIOR_SCORES = {"paired": paired_score, "mixture": mixture_score}
+from ...maths.ensemble import anomaly_moments
+from ...maths.score import SCORES, reverse_sde
+from ...models.dependence import require_derivative
+from ...results import FilterResult
+from ..base import Backend, Capability
+from ..distributions import masked_log_prob
+from ..ensemble.results import EnsembleFilterExtras
+from ..samples import forecast_samples, initial_draws, propagate
 
 
 # -- the likelihood score --------------------------------------------------------------------------
@@ -145,38 +107,6 @@ def check_differentiable(problem):
         "differentiable, or use EnKF or a particle filter, which need no derivatives")
 
 
-# -- the analysis: one reverse SDE -----------------------------------------------------------------
-
-def default_damping(t):
-    return 1.0 - t
-
-
-def reverse_sde(key, X, lik_score: Callable, num_steps: int, eps_alpha: float, eps_beta: float,
-                score: str = "paired", damping: Optional[Callable] = None, clip: Optional[float] = None):
-    """Analysis ensemble (N, d): Euler-Maruyama for the reverse SDE from t = 1 to 0, started at N(0, I).
-
-    X: the forecast members (N, d); lik_score(Z) -> (N, d) the likelihood score at samples Z.
-    Memory: Z, X and one score array, O(N d) (plus (N, N) weights for the mixture score).
-    """
-    prior_score = _PRIOR_SCORES[score]
-    h = default_damping if damping is None else damping
-    dtype = X.dtype
-    dt = 1.0 / num_steps
-    k_init, k_steps = jax.random.split(key)
-    Z0 = jax.random.normal(k_init, X.shape, dtype)
-
-    def step(i, Z):
-        t = jnp.asarray(1.0 - i * dt, dtype)
-        alpha, beta2, b, sigma2 = schedule(t, eps_alpha, eps_beta)
-        s = prior_score(Z, X, alpha, beta2) + jnp.asarray(h(t), dtype) * lik_score(Z)
-        if clip is not None:
-            s = jnp.clip(s, -clip, clip)
-        noise = jax.random.normal(jax.random.fold_in(k_steps, i), Z.shape, dtype)
-        return Z - dt * (b * Z - sigma2 * s) + jnp.sqrt(dt * sigma2) * noise
-
-    return lax.fori_loop(0, num_steps, step, Z0)
-
-
 # -- the filter ------------------------------------------------------------------------------------
 
 def score_filter(problem, key, settings: "EnSF"):
@@ -185,18 +115,18 @@ def score_filter(problem, key, settings: "EnSF"):
     dtype = jnp.result_type(problem.observations, float)
     check_differentiable(problem)
     key_init, key_steps = jax.random.split(key)
-    X0 = _initial_ensemble(problem, key_init, N, dtype)
+    X0 = initial_draws(problem, key_init, N, dtype)
     covariances = settings.store_covariances
 
     def step(X, inputs):
         k, y, xs_t = inputs
         k_fore, k_ana = jax.random.split(k)
-        Xf = ensemble_forecast(problem, X, xs_t, k_fore)
+        Xf = propagate(problem, X, xs_t, k_fore)
         Xa = reverse_sde(k_ana, Xf, lambda Z: likelihood_score(problem, Z, xs_t, y), settings.num_steps,
                          settings.eps_alpha, settings.eps_beta, settings.score, settings.damping, settings.clip)
         mean_f, mean_a = Xf.mean(0), Xa.mean(0)
-        var_f, cov_f = _moments(mean_f, Xf - mean_f, covariances)
-        var_a, cov_a = _moments(mean_a, Xa - mean_a, covariances)
+        var_f, cov_f = anomaly_moments(Xf - mean_f, covariances)
+        var_a, cov_a = anomaly_moments(Xa - mean_a, covariances)
         out = dict(mf=mean_a, Pf=cov_a, mp=mean_f, Pp=cov_f, var_a=var_a if covariances else None,
                    spread_a=jnp.sqrt(var_a.mean()), spread_f=jnp.sqrt(var_f.mean()), m=(~jnp.isnan(y)).sum())
         if settings.keep_ensembles:
@@ -278,13 +208,7 @@ class EnSF(Backend):
         return score_filter(problem, self._key(key), self)
 
     def forecast(self, problem, filtered: FilterResult, num_steps, key=None):
-        from .particle import particle_forecast
-
-        check_forecastable(problem)
-        x_last = None if problem.xs is None else problem.xs_at(problem.length - 1)
-        X = filtered.final_ensemble
-        log_w = jnp.full(X.shape[0], -jnp.log(X.shape[0]), X.dtype)
-        return particle_forecast(problem, X, log_w, x_last, num_steps, self._key(key))
+        return forecast_samples(problem, filtered.extras.final_ensemble, num_steps, self._key(key))
 
     def diagnose(self, problem, result) -> Optional[str]:
         bad = ~np.isfinite(np.asarray(result.filtered_means)).all(axis=-1)

@@ -1,0 +1,80 @@
+"""The ensemble score filter's analysis (pure JAX): the noising schedule, prior scores of an
+ensemble, and the Euler-Maruyama reverse SDE. The scheme and its equations are in
+``ssmppl.inference.score_filter.ensf``'s docstring. Shapes: samples Z (N, d), forecast
+members X (N, d); scores (N, d).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def schedule(t, eps_alpha, eps_beta):
+    """(alpha_t, beta_t^2, b(t), sigma^2(t)) of the linear schedule (``ssmppl.inference.score_filter.ensf``)."""
+    alpha = 1.0 - (1.0 - eps_alpha) * t
+    beta2 = eps_beta + (1.0 - eps_beta) * t
+    b = -(1.0 - eps_alpha) / alpha
+    sigma2 = (1.0 - eps_beta) - 2.0 * b * beta2
+    return alpha, beta2, b, sigma2
+
+
+def paired_score(Z, X, alpha, beta2):
+    """-(z_j - alpha x_j) / beta^2: sample j sees member j only."""
+    return -(Z - alpha * X) / beta2
+
+
+def mixture_weights(Z, X, alpha, beta2):
+    """(N_z, N_x) softmax weights w_ij of member j for sample i, without (N, N, d) intermediates.
+
+    |z_i - alpha x_j|^2 = |u_i|^2 - 2 alpha u_i.a_j + alpha^2 |a_j|^2 with u_i = z_i - alpha m,
+    a_j = x_j - m (m the ensemble mean); |u_i|^2 is constant in j and drops out of the softmax.
+    """
+    m = X.mean(0)
+    A = X - m
+    U = Z - alpha * m
+    logits = (2.0 * alpha * (U @ A.T) - alpha ** 2 * jnp.sum(A * A, axis=1)) / (2.0 * beta2)
+    return jax.nn.softmax(logits, axis=1)
+
+
+def mixture_score(Z, X, alpha, beta2):
+    """Score of (1/N) sum_j N(alpha x_j, beta^2 I) at each row of Z: -(z - alpha sum_j w_j x_j) / beta^2."""
+    W = mixture_weights(Z, X, alpha, beta2)
+    return -(Z - alpha * (W @ X)) / beta2
+
+
+PRIOR_SCORES = {"paired": paired_score, "mixture": mixture_score}
+SCORES = tuple(PRIOR_SCORES)
+
+
+def default_damping(t):
+    return 1.0 - t
+
+
+def reverse_sde(key, X, lik_score: Callable, num_steps: int, eps_alpha: float, eps_beta: float,
+                score: str = "paired", damping: Optional[Callable] = None, clip: Optional[float] = None):
+    """Analysis ensemble (N, d): Euler-Maruyama for the reverse SDE from t = 1 to 0, started at N(0, I).
+
+    X: the forecast members (N, d); lik_score(Z) -> (N, d) the likelihood score at samples Z.
+    Memory: Z, X and one score array, O(N d) (plus (N, N) weights for the mixture score).
+    """
+    prior_score = PRIOR_SCORES[score]
+    h = default_damping if damping is None else damping
+    dtype = X.dtype
+    dt = 1.0 / num_steps
+    k_init, k_steps = jax.random.split(key)
+    Z0 = jax.random.normal(k_init, X.shape, dtype)
+
+    def step(i, Z):
+        t = jnp.asarray(1.0 - i * dt, dtype)
+        alpha, beta2, b, sigma2 = schedule(t, eps_alpha, eps_beta)
+        s = prior_score(Z, X, alpha, beta2) + jnp.asarray(h(t), dtype) * lik_score(Z)
+        if clip is not None:
+            s = jnp.clip(s, -clip, clip)
+        noise = jax.random.normal(jax.random.fold_in(k_steps, i), Z.shape, dtype)
+        return Z - dt * (b * Z - sigma2 * s) + jnp.sqrt(dt * sigma2) * noise
+
+    return lax.fori_loop(0, num_steps, step, Z0)
