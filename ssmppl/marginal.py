@@ -8,7 +8,7 @@ import numpyro
 from numpyro import handlers
 
 from .inference import DEFAULT_BACKEND
-from .inference.base import Backend, Capability, require
+from .inference.base import Backend, Capability, require, require_key
 from .models.tracing import ScanInterceptor, discover
 
 
@@ -34,10 +34,7 @@ def marginalize(model, method: Backend = DEFAULT_BACKEND, latent=None, obs=None)
             names = discover(model, args, kwargs, latent, obs)
 
         def add_factor(problem, rng_key):
-            if method.requires_key and rng_key is None:
-                raise ValueError(
-                    f"{type(method).__name__} samples: run the marginal model under numpyro.handlers.seed"
-                )
+            require_key(method, rng_key, "run the marginal model under numpyro.handlers.seed")
             numpyro.factor(names.obs, method.log_predictive(problem, rng_key if method.requires_key else None))
 
         with ScanInterceptor(names=names, on_scan=add_factor):

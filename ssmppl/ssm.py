@@ -10,7 +10,7 @@ from numpyro import handlers
 
 from ._jit import jit_by_arrays
 from .inference import DEFAULT_BACKEND
-from .inference.base import Backend, Capability, require
+from .inference.base import Backend, Capability, require, require_key
 from .inference.validation import invalid_input_message, parameter_checks
 from .models.tracing import ScanInterceptor, SiteNames, discover, trace_model, trace_state_space
 
@@ -19,15 +19,9 @@ def _is_concrete(x):
     return not isinstance(x, jax.core.Tracer)
 
 
-def _check_key(method, key):
-    if method.requires_key and key is None:
-        raise ValueError(f"{type(method).__name__} samples: pass key=jax.random.PRNGKey(...)")
-    return key
-
-
 def _checked(method, key, capabilities=(), needed_by="ssm.filter"):
     require(method, *capabilities, needed_by=needed_by)
-    return _check_key(method, key)
+    return require_key(method, key)
 
 
 class SSM:

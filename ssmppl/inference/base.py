@@ -63,6 +63,13 @@ def refusal(method, capability: Capability, needed_by: str) -> str:
             f"{needed_by} needs. Backends with one: {others}")
 
 
+def require_key(method, key, how: str = "pass key=jax.random.PRNGKey(...)"):
+    """The one missing-key error: a sampling backend (``requires_key``) needs a key; returns it."""
+    if method.requires_key and key is None:
+        raise ValueError(f"{type(method).__name__} samples: {how}")
+    return key
+
+
 def require(method, *capabilities: Capability, needed_by: str):
     """Raise ``CapabilityError`` unless ``method`` declares every capability; return it."""
     if not isinstance(method, Backend):
@@ -107,19 +114,23 @@ class Backend:
 
     def _key(self, key):
         """The key of a sampling backend, or an error saying one is needed."""
-        if key is None:
-            raise ValueError(f"{type(self).__name__} samples: pass key=jax.random.PRNGKey(...)")
-        return key
+        return require_key(self, key)
 
     def diagnose(self, problem: StateSpace, result) -> Optional[str]:
-        """Outside jit, on a concrete result whose parameters passed ``validation``: why the
-        result is unusable (a message naming the step), or None. Subclasses explain their
-        own failure modes and fall back on this one."""
+        """Outside jit, on a concrete filter result whose parameters passed ``validation``: why it
+        is unusable (a message naming the first non-finite step), or None. Data the dtype cannot
+        hold are blamed before the backend's numerics, which ``explain`` describes."""
         step = first_nonfinite_step(result)
         if step is None:
             return None
-        return (f"{type(self).__name__}: the filter is not finite from step {step} on"
-                f"{overflow_hint(problem.observations, step)}")
+        hint = overflow_hint(problem.observations, step)
+        if hint:
+            return f"{type(self).__name__}: the filter is not finite from step {step} on{hint}"
+        return self.explain(problem, result, step)
+
+    def explain(self, problem: StateSpace, result, step: int) -> str:
+        """The backend's own account of a result that is not finite from ``step`` (1-based) on."""
+        return f"{type(self).__name__}: the filter is not finite from step {step} on"
 
     def smooth(self, problem: StateSpace, key=None) -> SmoothResult:
         self._refuse(Capability.SMOOTH, "smooth")

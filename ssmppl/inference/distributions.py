@@ -126,6 +126,14 @@ def masked_log_prob(d, y, obs_shape):
     return jnp.where(observed.all(), d.log_prob(jnp.reshape(jnp.nan_to_num(y), obs_shape)).sum(), jnp.nan)
 
 
+def require_gaussian(d, site, role, who, remedy):
+    """The one Gaussian-site check: raise ``ModelStructureError`` naming the site, its family,
+    who needs a Gaussian (``who``: e.g. "Kalman()") and what to do instead (``remedy``)."""
+    if not is_gaussian(d):
+        raise ModelStructureError(f"{who} needs a Gaussian {role} site ({GAUSSIAN_TYPES}), but {site!r} is a "
+                                  f"{family_name(d)}, not a Gaussian: {remedy}")
+
+
 def affine_parts(fn, z_lin, x):
     """(A, b, cov) with mean(z) = A z + b exactly when the mean is affine in z."""
     mean = lambda z: gaussian_moments(fn(z, x))[0]

@@ -21,7 +21,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from .._jit import jit_by_arrays
-from ..inference.base import Backend
+from ..inference.base import Backend, require_key
 from .expected_log_joint import cubature_points, expected_log_joint
 from .parameters import log_prior, split_frozen, to_constrained, to_unconstrained
 from .progress import CONVERGED, DIVERGED, RUNNING, chunk_size, run_in_chunks
@@ -192,8 +192,7 @@ def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol
         raise ValueError(f"m_step_optimizer must be 'newton', 'lbfgs' or an optax optimiser, got {m_step_optimizer!r}")
     if m_step not in ("auto", "closed_form", "generalised"):
         raise ValueError(f"m_step must be 'auto', 'closed_form' or 'generalised', got {m_step!r}")
-    if method.requires_key and key is None:
-        raise ValueError(f"{type(method).__name__} samples: pass key=jax.random.PRNGKey(...) to fit_em")
+    require_key(method, key, "pass key=jax.random.PRNGKey(...) to fit_em")
     layout, sites, full, frozen, num_observed = prepare(ssm, params, args, kwargs, frozen, method)
     carried = getattr(ssm.model, "closed_form_m_step", None)
     if m_step == "closed_form" and carried is None:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from .._jit import jit_by_arrays
-from ..inference.base import Backend
+from ..inference.base import Backend, require_key
 from .parameters import log_prior, split_frozen, to_constrained, to_unconstrained
 from .progress import DIVERGED, RUNNING, chunk_size, run_in_chunks
 from .setup import Layout, prepare, tree_all_finite
@@ -109,8 +109,7 @@ def fit_sgd(ssm, params, args, kwargs, optimizer=None, num_epochs=1000, method=N
         if not isinstance(batch_size, int) or not 1 <= batch_size <= layout.num_sequences:
             raise ValueError(f"batch_size must be an int in [1, {layout.num_sequences}] (the number of sequences), "
                              f"got {batch_size!r}")
-    if method.requires_key and key is None:
-        raise ValueError(f"{type(method).__name__} samples: pass key=jax.random.PRNGKey(...)")
+    require_key(method, key, "pass key=jax.random.PRNGKey(...) to fit_sgd")
     key = jax.random.PRNGKey(0) if key is None else key
     plan = _SGDPlan(layout, method, optimizer, frozen, num_epochs, batch_size, chunk_size(num_epochs, progress_bar),
                     num_observed)

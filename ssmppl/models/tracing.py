@@ -158,7 +158,11 @@ def _scan_length(xs, length):
             f"the scan's inputs disagree on the number of time steps: leading sizes {sorted(lengths)} "
             "(length=... and every array in xs, observations included, must have the same first axis)"
         )
-    return lengths.pop()
+    T = lengths.pop()
+    if T < 1:
+        raise ObservationShapeError("the scan has 0 time steps (empty observations or length=0): a state-space "
+                                    "model needs at least one step")
+    return T
 
 
 def _discover_body(f, init, xs, latent, obs):

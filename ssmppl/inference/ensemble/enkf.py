@@ -157,11 +157,7 @@ class EnKF(Backend):
         """E[y_t | y_{1:T}] and sd[y_t | y_{1:T}] (T, dy), mixing p(y_t | z_t) over the smoothed members."""
         return mixture_predictive(problem, jnp.swapaxes(smoothed.extras.smoothed_ensembles, 0, 1))
 
-    def diagnose(self, problem, result) -> Optional[str]:
-        bad = ~np.isfinite(np.asarray(result.filtered_means)).all(axis=-1)
-        if not bad.any():
-            return None
-        step = int(np.argmax(bad)) + 1
+    def explain(self, problem, result, step) -> str:
         return (f"EnKF({self.variant!r}): the ensemble diverged: its mean is not finite from step {step} on. "
                 "Check the data near that step; more inflation, localisation, more members or a smaller model "
                 "time step may help (ssmppl.diagnostics.ensemble_health shows the RMSE and spread over time)")

@@ -14,7 +14,7 @@ from ...maths.gaussian import masked_covariance
 from ...maths.ensemble import (anomaly_moments, centre, ensrf_analysis, etkf_analysis, gaussian_predictive,
                                letkf_analysis, random_rotation, serial_analysis, stochastic_analysis)
 from ...results import FilterResult
-from ..distributions import family_name, gaussian_parts, is_gaussian
+from ..distributions import family_name, gaussian_parts, require_gaussian
 from ..samples import initial_draws, propagate
 from .inflation import adaptive_of, as_inflation, inflate, update_adaptive
 from .results import EnsembleFilterExtras
@@ -30,11 +30,8 @@ def check_emission(problem, variant: str, localized: bool, owner: str):
     site = problem.names.obs
     z = jnp.zeros(problem.state_dim, problem.observations.dtype)
     d = problem.emission(z, problem.xs_example())
-    if not is_gaussian(d):
-        raise ModelStructureError(
-            f"{owner} needs a Gaussian emission (additive Gaussian noise around h(z)), but site {site!r} is "
-            f"{family_name(d)}: use a particle filter (BootstrapPF) or MomentMatching for this model"
-        )
+    require_gaussian(d, site, "emission", owner, "an ensemble Kalman analysis needs additive Gaussian noise "
+                     "around h(z); use a particle filter (BootstrapPF) or MomentMatching for this model")
     _, _, diagonal = gaussian_parts(d)
     if not diagonal and (variant in DIAGONAL_R or localized):
         why = f"variant={variant!r}" if variant in DIAGONAL_R else "localisation"

@@ -22,7 +22,6 @@ from typing import Any, ClassVar, Optional
 
 import jax.numpy as jnp
 
-from ...errors import ModelStructureError
 from ...maths.gaussian_filter import (
     GaussianModel,
     Site,
@@ -35,8 +34,7 @@ from ...maths.gaussian_filter import (
 from ...models.dependence import reads, require_derivative
 from ...models.tracing import StateSpace
 from ..base import ALL_CAPABILITIES, Backend, check_forecastable
-from ..distributions import GAUSSIAN_TYPES, conditional_moments, family_name, gaussian_moments, is_gaussian, \
-    masked_log_prob
+from ..distributions import conditional_moments, gaussian_moments, is_gaussian, masked_log_prob, require_gaussian
 from .rules import RULES, GaussHermiteCubature, TaylorLinearization, UnscentedTransform
 
 _NON_GAUSSIAN_HINT = (
@@ -46,11 +44,7 @@ _NON_GAUSSIAN_HINT = (
 
 
 def _check_gaussian(d, site, role, backend):
-    if not is_gaussian(d):
-        raise ModelStructureError(
-            f"{backend}() needs Gaussian sites ({GAUSSIAN_TYPES}), but the {role} site {site!r} is a "
-            f"{family_name(d)}: {_NON_GAUSSIAN_HINT}"
-        )
+    require_gaussian(d, site, role, f"{backend}()", _NON_GAUSSIAN_HINT)
 
 
 def _check_differentiable(mean_fn, z, site, role):

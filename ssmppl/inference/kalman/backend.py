@@ -23,7 +23,7 @@ from ...maths.parallel_kalman import parallel_kalman_filter, parallel_rts_smooth
 from ...models.dependence import leaves_reading
 from ...models.tracing import StateSpace
 from ..base import ALL_CAPABILITIES, Backend
-from ..distributions import GAUSSIAN_TYPES, affine_parts, check_affine, family_name, gaussian_moments, is_gaussian
+from ..distributions import affine_parts, check_affine, gaussian_moments, require_gaussian
 
 _NONLINEAR_HINT = (
     "Kalman() is exact only for linear Gaussian models; use a nonlinear filter from "
@@ -31,14 +31,14 @@ _NONLINEAR_HINT = (
 )
 
 
+_NON_GAUSSIAN_HINT = (
+    "Kalman() is exact only for linear Gaussian models; use MomentMatching(rule=UKF()) from ssmppl.inference "
+    "(moment matching with the site's conditional mean and variance) or a particle filter for non-Gaussian sites"
+)
+
+
 def _check_gaussian(d, site, role):
-    if not is_gaussian(d):
-        raise ModelStructureError(
-            f"the {role} site {site!r} is a {family_name(d)}, not a Gaussian ({GAUSSIAN_TYPES}). "
-            "Kalman() is exact only for linear Gaussian models; use MomentMatching(rule=UKF()) from "
-            "ssmppl.inference (moment matching with the site's conditional mean and variance) or a "
-            "particle filter for non-Gaussian sites"
-        )
+    require_gaussian(d, site, role, "Kalman()", _NON_GAUSSIAN_HINT)
 
 
 def _materialise(fn, xs, x0):
@@ -75,11 +75,7 @@ def linear_gaussian_params(problem: StateSpace) -> LinearGaussianParams:
     if problem.initial is None:
         m0, P0 = problem.initial_value, jnp.zeros((dz, dz), dtype)
     else:
-        if not is_gaussian(problem.initial):
-            raise ModelStructureError(
-                f"the initial-state site {names.init!r} is a {family_name(problem.initial)}, not a Gaussian "
-                f"({GAUSSIAN_TYPES}). {_NONLINEAR_HINT}"
-            )
+        require_gaussian(problem.initial, names.init, "initial-state", "Kalman()", _NONLINEAR_HINT)
         m0, P0 = gaussian_moments(problem.initial)
     params = LinearGaussianParams(m0, P0, F, c, Q, H, d, R)
     dtype = jnp.result_type(dtype, *params)

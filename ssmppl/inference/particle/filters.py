@@ -47,12 +47,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ...errors import ModelStructureError
 from ...maths.gaussian import factor_or_repair, moment_update
 from ...maths.resampling import RESAMPLERS, effective_sample_size, resampler, weighted_moments
 from ...results import FilterResult, SmoothResult
 from ..base import ALL_CAPABILITIES, Backend
-from ..distributions import affine_parts, check_affine, family_name, gaussian_moments, is_gaussian, masked_log_prob
+from ..distributions import affine_parts, check_affine, gaussian_moments, masked_log_prob, require_gaussian
 from ..samples import flat_sample, forecast_samples, initial_draws, mixture_predictive
 from .results import ParticleFilterExtras
 from .smoother import backward_trajectories, particle_smooth
@@ -121,12 +120,8 @@ def _check_locally_optimal(problem):
     names = problem.names
     tr, em = problem.transition(z, x), problem.emission(z, x)
     fix = "pass GuidedPF(proposal=fn) with your own proposal, or use BootstrapPF / AuxiliaryPF"
-    if not is_gaussian(tr):
-        raise ModelStructureError(f"GuidedPF's locally optimal proposal needs a Gaussian transition, but the state "
-                                  f"site {names.latent!r} is a {family_name(tr)}; {fix}")
-    if not is_gaussian(em):
-        raise ModelStructureError(f"GuidedPF's locally optimal proposal needs a Gaussian emission, but the site "
-                                  f"{names.obs!r} is a {family_name(em)}; {fix}")
+    require_gaussian(tr, names.latent, "latent", "GuidedPF's locally optimal proposal", fix)
+    require_gaussian(em, names.obs, "emission", "GuidedPF's locally optimal proposal", fix)
     hint = f"GuidedPF's locally optimal proposal needs a linear Gaussian emission: {fix}"
     check_affine(problem.emission, z, x, names.obs, "emission", hint)
 
@@ -319,11 +314,9 @@ class _ParticleBackend(Backend):
         """E[y_t | y_{1:T}] and sd[y_t | y_{1:T}] (T, dy), mixing p(y_t | z_t) over the smoothed paths."""
         return mixture_predictive(problem, smoothed.extras.trajectories)
 
-    def diagnose(self, problem, result) -> Optional[str]:
-        """A message when some step's weights were all zero or not finite (checked outside jit)."""
-        step = first_impossible_step(result.log_predictive)
-        if step is None:
-            return super().diagnose(problem, result)
+    def explain(self, problem, result, step) -> str:
+        """Some step's weights were all zero or not finite."""
+        step = first_impossible_step(result.log_predictive) or step
         return (f"{type(self).__name__}: at step {step} every particle's log-weight is -inf or NaN (the observation "
                 f"is impossible, or its log-density not finite, under all {self.num_particles} particles), so the "
                 "likelihood estimate is zero and the filter cannot go on. Check the data at that step and the "

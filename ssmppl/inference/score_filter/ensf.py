@@ -210,11 +210,7 @@ class EnSF(Backend):
     def forecast(self, problem, filtered: FilterResult, num_steps, key=None):
         return forecast_samples(problem, filtered.extras.final_ensemble, num_steps, self._key(key))
 
-    def diagnose(self, problem, result) -> Optional[str]:
-        bad = ~np.isfinite(np.asarray(result.filtered_means)).all(axis=-1)
-        if not bad.any():
-            return None
-        step = int(np.argmax(bad)) + 1
+    def explain(self, problem, result, step) -> str:
         return (f"EnSF: the analysis mean is not finite from step {step} on. Check the data near that step; "
                 "clip=1000 (as the reference code), more reverse steps or float64 may help")
 
