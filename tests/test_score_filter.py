@@ -310,7 +310,7 @@ def test_same_key_same_result_and_key_required(x64):
     np.testing.assert_array_equal(a.final_ensemble, b.final_ensemble)
     c = run(method, key=4)
     assert not np.allclose(a.filtered_means, c.filtered_means)
-    assert a.marginal_loglik is None and a.log_predictive is None
+    assert not hasattr(a, "marginal_loglik") and not hasattr(a, "log_predictive")  # absent: no likelihood
     with pytest.raises(ValueError, match="key"):
         SSM(diag_model).filter(None, jnp.asarray(Y), method=method)
     np.testing.assert_allclose(SSM(diag_model).filter(None, jnp.asarray(Y), method=method,
@@ -336,12 +336,19 @@ def test_float32_lorenz96_stays_finite():
 
 
 def test_diverged_analysis_names_the_step(x64):
-    """An infinite observation at step 3 makes the likelihood score infinite: ssm.filter raises and
-    names the step instead of returning NaN means (EnSF gives no log-likelihood to check)."""
+    """A non-finite analysis is an error naming the step, never NaN means (EnSF gives no
+    log-likelihood to check): an infinite observation is refused as data at its step; a diverged
+    analysis (NaN means from step 3 on) is explained by EnSF's diagnose."""
     y = np.tile(Y, (4, 1))
     y[2, 0] = np.inf
-    with pytest.raises(ValueError, match="from step 3 on"):
+    with pytest.raises(ValueError, match=r"observations of site 'y' are \+-inf at steps \[3\]"):
         SSM(diag_model).filter(None, jnp.asarray(y), method=EnSF(6, num_steps=20), key=jax.random.PRNGKey(0))
+    from ssmppl.results import FilterResult
+    means = np.zeros((4, 2))
+    means[2:] = np.nan
+    problem = SSM(diag_model).state_space(None, jnp.asarray(np.tile(Y, (4, 1))))
+    message = EnSF(6).diagnose(problem, FilterResult(filtered_means=means))
+    assert message.startswith("EnSF: the analysis mean is not finite from step 3 on")
 
 
 def _largest_intermediate(closed_jaxpr):

@@ -85,7 +85,11 @@ def test_filter_agrees_with_kalman(x64, backend_entry, lg):
     ssm, params, y, exact = lg
     result = ssm.filter(params, y, method=method, key=key_of(method))
     rtol, atol = tolerance(method)
-    np.testing.assert_allclose(result.filtered_means, exact.filtered_means, rtol=rtol, atol=atol)
+    if Capability.LIKELIHOOD in method.capabilities:
+        np.testing.assert_allclose(result.filtered_means, exact.filtered_means, rtol=rtol, atol=atol)
+    else:  # a heuristic posterior (EnSF's damped likelihood score): within 3 Kalman sds
+        sd = np.sqrt(np.diagonal(np.asarray(exact.filtered_covariances), axis1=1, axis2=2))
+        assert (np.abs(np.asarray(result.filtered_means) - np.asarray(exact.filtered_means)) <= 3 * sd).all()
     if Capability.LIKELIHOOD in method.capabilities:
         assert result.log_predictive.shape == (T,)
         np.testing.assert_allclose(result.marginal_loglik, exact.marginal_loglik, rtol=rtol, atol=atol * 10)
