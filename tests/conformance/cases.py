@@ -11,8 +11,9 @@ linear Gaussian models, on which every backend has a known answer (the Kalman fi
   noise scales) are the initial values of its ``numpyro.param`` sites, so ``scalar_model(q=0.0)``
   is a model whose own transition is ``Normal(loc, 0.0)``.
 
-Every case is a change of data or parameter values, never of shapes, so one compiled filter
-per backend and model serves all of them (``jit_by_arrays`` keys on shapes and dtypes).
+Every case of a model is a change of data or parameter values, never of shapes or of the
+params dict's keys, so one compiled filter per backend and model serves all of them
+(``jit_by_arrays`` keys on the structure, shapes and dtypes of its arguments).
 """
 
 from __future__ import annotations
@@ -62,6 +63,21 @@ NATURE = {
     "BootstrapPF": "monte_carlo", "GuidedPF": "monte_carlo", "AuxiliaryPF": "monte_carlo",
     "EnKF": "monte_carlo", "EnSF": "no_likelihood",
 }
+
+
+# tolerances (how they are used: checks.py)
+EXACT_TOL = 1e-8  # rtol and atol of an exact backend against the float64 oracle
+K_MC = 16  # keys per problem for a Monte Carlo backend (a particle filter run costs ~5 ms at T = 8)
+K_ENSF = 4  # EnSF: its error is bias (checks.assert_ensf_close), a few keys show it
+Z_LL = 5.0  # standard errors allowed for the mean log-likelihood error over the keys
+Z_FIELD = 6.0  # the same for each element of a moment field: the largest of up to 32 t-statistics
+#                of 15 degrees of freedom, so a little more room (P(|t_15| > 6) = 2e-5)
+ENSF_RMS_SD, ENSF_MAX_SD = 1.0, 2.5  # EnSF's filtered means: RMS and largest error in posterior sds
+
+
+def num_keys(name):
+    """How many keys a backend's problem is run with (1 for a deterministic backend)."""
+    return {"exact": 1, "monte_carlo": K_MC, "no_likelihood": K_ENSF}[NATURE[name]]
 
 
 def exported_backends():
@@ -257,8 +273,8 @@ def problem(pid, dtype=np.float64):
     if kind == "vector_T1":
         y, u = vector_data(T_=1, dtype=dtype)
         return VECTOR_SSM, vector_params(dtype), (y, u)
-    if kind == "scalar":
-        params = {k: np.asarray(v, dtype) for k, v in SCALAR_CASES[case].items()}
+    if kind == "scalar":  # every case passes both sites: one params structure, one compiled filter
+        params = {k: np.asarray(v, dtype) for k, v in {**SCALAR_DEFAULTS, **SCALAR_CASES[case]}.items()}
         return scalar_ssm(), params, (np.asarray(scalar_data(), dtype),)
     if kind == "literal":
         return scalar_ssm(**LITERAL_CASES[case]), {}, (np.asarray(scalar_data(), dtype),)
