@@ -123,7 +123,7 @@ class Backend:
         step = first_nonfinite_step(result)
         if step is None:
             return None
-        hint = overflow_hint(problem.observations, step)
+        hint = overflow_hint(problem.observations, step, problem.names.obs)
         if hint:
             return f"{type(self).__name__}: the filter is not finite from step {step} on{hint}"
         return self.explain(problem, result, step)

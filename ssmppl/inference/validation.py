@@ -178,12 +178,12 @@ def first_nonfinite_step(result) -> Optional[int]:
     return int(np.argmax(bad)) + 1 if bad.any() else None
 
 
-def overflow_hint(observations, step: int) -> str:
+def overflow_hint(observations, step: int, site: str) -> str:
     """Why a finite observation can still break a filter: its square overflows the dtype."""
     y = np.asarray(observations)[step - 1]
     limit = float(np.sqrt(np.finfo(y.dtype).max))
     largest = float(np.nanmax(np.abs(y))) if np.isfinite(y).any() else 0.0
     if largest < 1e-3 * limit:
         return ""
-    return (f"; the observations there reach |y| = {largest:.3g}, whose squares overflow {y.dtype} "
+    return (f"; the observations of site {site!r} there reach |y| = {largest:.3g}, whose squares overflow {y.dtype} "
             f"(limit ~{limit:.3g}): rescale the data, or enable float64")

@@ -46,10 +46,25 @@ import pytest
 from scipy import stats
 
 from conformance import cases as C
+from ssmppl.inference import Capability
 from conformance.checks import FILTERED, PREDICTED, check_against_oracle, oracle, run
 from oracles import joint_gaussian
 
-LIKELIHOOD = [name for name in C.BACKENDS if C.NATURE[name] != "no_likelihood"]
+def _with_likelihood(backends):
+    return [name for name in backends if C.NATURE[name] != "no_likelihood"]
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrise each ``conformance``-marked test over the backends this module runs: every entry
+    of the module's ``CONFORMANCE_BACKENDS`` (here: every entry of ``cases.BACKENDS``). A new backend's
+    test module registers its entry in ``cases`` and imports these tests (``test_toy_backend.py``)."""
+    mark = metafunc.definition.get_closest_marker("conformance")
+    if mark is not None:
+        argnames, build = mark.args
+        metafunc.parametrize(argnames, build(list(metafunc.module.CONFORMANCE_BACKENDS)))
+
+
+CONFORMANCE_BACKENDS = list(C.BACKENDS)  # the exported backends (a snapshot: entries added later run in their own module)
 
 # ------------------------------------------------------------------------------------------------
 # known failures: (backend, test case) -> the error seen
@@ -200,7 +215,7 @@ def test_every_exported_backend_has_an_entry():
         assert type(backend).__name__ == name.split("[")[0]
         # the tolerance class follows from what the backend declares
         assert (C.NATURE[name] == "exact") == (not backend.requires_key), name
-        assert (C.NATURE[name] == "no_likelihood") == (not backend.provides_likelihood), name
+        assert (C.NATURE[name] == "no_likelihood") == (Capability.LIKELIHOOD not in backend.capabilities), name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,8 +241,7 @@ _CORE = [p for p in C.PROBLEMS if p.startswith("vector/")]
 _OTHER = [p for p in C.PROBLEMS if not p.startswith("vector/")]
 
 
-@pytest.mark.parametrize("name, pid", params_for(C.BACKENDS, _CORE)
-                         + params_for(C.BACKENDS, _OTHER, slow_for=C.BACKENDS))
+@pytest.mark.conformance("name, pid", lambda B: params_for(B, _CORE) + params_for(B, _OTHER, slow_for=B))
 def test_filter_agrees_with_the_oracle(x64, name, pid):
     """Linear Gaussian model, missing steps and components, zero-variance noise, T = 1, a scalar
     state, inputs through xs (the vector model): each backend's log-likelihood, per-step log
@@ -235,9 +249,7 @@ def test_filter_agrees_with_the_oracle(x64, name, pid):
     check_against_oracle(name, pid, FILTERED)
 
 
-@pytest.mark.parametrize("name, pid", params_for([b for b in C.BACKENDS if b != "EnSF"], _CORE, predicted=True)
-                         + params_for([b for b in C.BACKENDS if b != "EnSF"], _OTHER, slow_for=C.BACKENDS,
-                                      predicted=True))
+@pytest.mark.conformance("name, pid", lambda B: params_for([b for b in B if b != "EnSF"], _CORE, predicted=True) + params_for([b for b in B if b != "EnSF"], _OTHER, slow_for=B, predicted=True))
 def test_predicted_moments_agree_with_the_oracle(x64, name, pid):
     """The one-step predicted moments, p(z_t | y_{1:t-1}), where the backend reports them (the
     same runs as the test above; EnSF's means are checked there, as it has no exact analysis)."""
@@ -263,7 +275,7 @@ def _leaves(result):
     return [np.asarray(x) for x in jax.tree.leaves(result)]
 
 
-@pytest.mark.parametrize("name", backend_params(C.BACKENDS))
+@pytest.mark.conformance("name", lambda B: backend_params(B))
 def test_float32_finite_and_deterministic(x32, name):
     """Float32: finite results of dtype float32, the same key twice gives bitwise the same
     results; exact backends within float32 rounding (1e-4) of the oracle."""
@@ -281,7 +293,7 @@ def test_float32_finite_and_deterministic(x32, name):
                                        atol=1e-4, err_msg=field)
 
 
-@pytest.mark.parametrize("name", backend_params(C.BACKENDS))
+@pytest.mark.conformance("name", lambda B: backend_params(B))
 def test_same_key_same_result_float64(x64, name):
     first = run(name, "vector/partly_missing")
     ssm, params, args = C.problem("vector/partly_missing")
@@ -300,14 +312,14 @@ def _filter(name, params, y, u):
     return C.VECTOR_SSM.filter(params, y, u, method=backend, key=C.key_for(backend))
 
 
-@pytest.mark.parametrize("name", backend_params(C.BACKENDS, case="T=0"))
+@pytest.mark.conformance("name", lambda B: backend_params(B, case="T=0"))
 def test_no_time_steps_is_a_value_error(x64, name):
     _, params, (y, u) = C.problem("vector/linear_gaussian")
     with pytest.raises(ValueError, match=r"(?i)time step|T ?= ?0|empty|length|no observations"):
         _filter(name, params, y[:0], u[:0])
 
 
-@pytest.mark.parametrize("name, case", params_for(C.BACKENDS, ["obs+inf", "obs-inf"]))
+@pytest.mark.conformance("name, case", lambda B: params_for(B, ["obs+inf", "obs-inf"]))
 def test_infinite_observation_is_named(x64, name, case):
     """An infinite observation is not data (NaN is missing data): a ValueError naming the
     emission site and the step (the fourth: index 3)."""
@@ -319,7 +331,7 @@ def test_infinite_observation_is_named(x64, name, case):
     assert re.search(r"steps? \[?4\b", str(info.value)), str(info.value)
 
 
-@pytest.mark.parametrize("name", backend_params(C.BACKENDS, case="obs1e20_f32"))
+@pytest.mark.conformance("name", lambda B: backend_params(B, case="obs1e20_f32"))
 def test_float32_huge_observation_finite_or_named(x32, name):
     """1e20 fits float32 but its square does not: a finite result, or a ValueError naming the
     emission site, never a silent -inf or NaN."""
@@ -344,7 +356,7 @@ INVALID = {
 }
 
 
-@pytest.mark.parametrize("name, case", params_for(C.BACKENDS, INVALID))
+@pytest.mark.conformance("name, case", lambda B: params_for(B, INVALID))
 def test_invalid_parameter_is_named(x64, name, case):
     """A ValueError whose message names the site and the faulty parameter of its distribution."""
     overrides, site, what = INVALID[case]
@@ -365,7 +377,7 @@ def _batch():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", backend_params(C.BACKENDS))
+@pytest.mark.conformance("name", lambda B: backend_params(B))
 def test_jit_of_vmap_over_observations(x64, name):
     """jax.jit(jax.vmap(...)) over a batch of sequences equals the sequences one by one (the same
     key for each: a sampling backend draws the same numbers): ``log_likelihood``, or for EnSF the
@@ -397,7 +409,7 @@ def _directions(params, seed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", backend_params(LIKELIHOOD))
+@pytest.mark.conformance("name", lambda B: backend_params(_with_likelihood(B)))
 def test_grad_of_log_likelihood(x64, name):
     """jax.grad through ssm.log_likelihood: for exact backends, directional derivatives equal
     central finite differences (h = 1e-5 in float64: error ~1e-9); for sampling backends (fixed
