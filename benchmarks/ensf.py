@@ -36,7 +36,8 @@ TITLE = "EnSF reference benchmark (Lorenz-96, arctan observations)"
 DTYPE = "float32"
 REFERENCE = {0.05: 0.204, 0.1: 0.484}  # the reference code's final-step RMSE at d = 10^6
 DT, STEPS_PER_OBS, SPIN_UP = 0.01, 10, 1000
-# --short (30 analyses from N(0, I), about 4 RMS from the truth): EnSF has locked on, the LETKF is on its way
+# --short (sigma = 0.05, 30 analyses from N(0, I), about 4 RMS from the truth): EnSF has locked on, the LETKF
+# is on its way
 SHORT_BOUNDS = {"EnSF": 0.6, "LETKF": 2.0}
 LETKF_INFLATION, LETKF_RADIUS = 1.1, 2.0  # the best final RMSE of --letkf-sweep at d = 1,000 for both sigmas
 
@@ -45,7 +46,7 @@ def arguments(p):
     p.add_argument("--dims", type=int, nargs="+", help="default 1000 10000 (--short: 200)")
     p.add_argument("--reps", type=int, nargs="+", help="replicates per dim (default 5 10; --short: 1)")
     p.add_argument("--cycles", type=int, help="analyses (default 150; --short: 30)")
-    p.add_argument("--sigmas", type=float, nargs="+", default=[0.05, 0.1])
+    p.add_argument("--sigmas", type=float, nargs="+", help="default 0.05 0.1 (--short: 0.05)")
     p.add_argument("--methods", nargs="*", default=["EnSF", "LETKF", "ETKF"])
     p.add_argument("--sparse", type=int, nargs="*", help="EnSF with every k-th component observed (default 2 4 8)")
     p.add_argument("--letkf-sweep", action="store_true", help="only the LETKF inflation x radius sweep, first dim")
@@ -118,7 +119,7 @@ def accuracy(dims, reps, cycles, args, report):
                              f"{cycles} analyses; the reference code: {REFERENCE} at d = 10^6 (EnSF). 's per run' "
                              "includes compilation.")
                 mean = np.nanmean(finals)
-                if args.short and name in SHORT_BOUNDS:
+                if args.short and name in SHORT_BOUNDS and sigma == 0.05:
                     report.check(mean < SHORT_BOUNDS[name], f"d={dim} sigma={sigma} {name}: final RMSE {mean:.3f} "
                                  f"(tolerance {SHORT_BOUNDS[name]} after {cycles} analyses)")
                 elif name == "EnSF" and cycles == 150 and sigma in REFERENCE:
@@ -247,6 +248,7 @@ def run(args, report):
     reps = args.reps or ([1] if args.short else [5, 10])
     reps = reps + [reps[-1]] * (len(dims) - len(reps))
     cycles = args.cycles or (30 if args.short else 150)
+    args.sigmas = args.sigmas or ([0.05] if args.short else [0.05, 0.1])
     if args.letkf_sweep:
         return letkf_sweep(dims[0], args.sigmas, reps[0], cycles, report)
     if args.variants:

@@ -302,6 +302,8 @@ def measure(case: Case, args, report, *, timing=True, min_reps=2, max_reps=None,
             if not ok and name in out and out[name].ok:
                 out[name].error, out[name].wrong = f"wrong: {message}", True
 
+    if not timing:
+        warm = set(case.impls)
     for name in case.impls:
         if name in warm:
             call(name, False)
@@ -338,7 +340,7 @@ def fmt_ms(seconds) -> str:
 
 
 def text_table(header, rows) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(str(h))] + [len(str(r[i])) for r in rows]) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 

@@ -135,10 +135,11 @@ def summarise(draws):
     F = np.asarray(draws["F"])
     s = {f"F[{i},{j}]": F[..., i, j] for i in range(DZ) for j in range(DZ)}
     s.update(q=np.asarray(draws["q"]), r=np.asarray(draws["r"]))
-    ess = {k: float(az.ess(v, method="bulk")) for k, v in s.items()}
-    return dict(ess=ess, min_ess=min(ess.values()), rhat=max(float(az.rhat(v)) for v in s.values()),
+    scalar = lambda x: np.asarray(x).item()  # noqa: E731  (ArviZ returns shape (1,) for some statistics)
+    ess = {k: scalar(az.ess(v, method="bulk")) for k, v in s.items()}
+    return dict(ess=ess, min_ess=min(ess.values()), rhat=max(scalar(az.rhat(v)) for v in s.values()),
                 mean={k: float(v.mean()) for k, v in s.items()},
-                mcse={k: float(az.mcse(v, method="mean")) for k, v in s.items()})
+                mcse={k: scalar(az.mcse(v, method="mean")) for k, v in s.items()})
 
 
 def max_z(a, b):
@@ -323,7 +324,7 @@ def tables(done, args, report):
                              " / ".join(f"{o['min_ess']:.0f}" for o in r.outputs), *map(f, cpu),
                              *ratio(cpu, peer and peer[1])])
         profile += s["profile"] or []
-    calls = sorted({len(r.calls) for s in done for r in s["res"].values()})
+    calls = sorted({len(r.calls) for s in done for r in s["res"].values() if r.calls})
     init = ("NumPyro's default distribution, uniform(-2, 2) per unconstrained coordinate, as ssmppl's"
             if args.peer_init == "uniform" else "dynamax's `initialize()` values (F = 0.99 I, Q = R = 0.1 I)")
     report.table("ESS per second", HEADER, rows, LEGEND.format(
