@@ -162,7 +162,8 @@ def table_rows(rows):
         ns = f"{s['ns'][0]}→{s['ns'][1]}" + ("" if s["ns"] == d["ns"] else f" / {d['ns'][0]}→{d['ns'][1]}")
         su = SETUPS[name]
         out.append([f"{name} ({su['dz']}×{su['dy']}, T={su['T']:,})", "EM iterations" if op == "em" else "SGD epochs",
-                    ns, rate(s["per_iter"]), rate(d["per_iter"]), f"{d['per_iter'] / s['per_iter']:.2f}",
+                    ns, rate(s["per_iter"]), rate(d["per_iter"]),
+                    f"{d['per_iter'] / s['per_iter']:.2f}" if s["per_iter"] > 0 and d["per_iter"] > 0 else "n/a",
                     f"{s['overhead']:.2f}", f"{d['overhead']:.2f}", f"{K:,}", f"{s['ll']:.6f}", f"{d['ll']:.6f}",
                     f"{abs(s['ll'] - d['ll']) / abs(d['ll']):.1e}"])
     return out
