@@ -101,8 +101,9 @@ def data_set(ref, model, regime, seed, cfg, args, report):
     impls = {name: (lambda m=m: ssm.smooth(params, y, method=m)) for name, m in backends(model).items()}
 
     def check(results):
-        return [(name, bool(np.isfinite(res.filtered_means).all() and np.isfinite(res.smoothed_means).all()),
-                 f"{name}: filtered and smoothed means finite") for name, res in results.items()]
+        bad = [(name, False, f"{name}: non-finite filtered or smoothed means") for name, res in results.items()
+               if not (np.isfinite(res.filtered_means).all() and np.isfinite(res.smoothed_means).all())]
+        return bad or [(None, True, f"filtered and smoothed means of all {len(results)} backends finite")]
 
     res = harness.measure(harness.Case(f"{model} / {regime} / data set {seed}", impls, check), args, report,
                           timing=False)
