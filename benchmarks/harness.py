@@ -114,10 +114,10 @@ def cpu_model() -> str:
 
 
 def git_rev(path: str) -> str:
-    """Short commit of the checkout holding ``path``, ``+dirty`` if tracked files under it changed."""
+    """The last commit that changed the folder ``path``, ``+dirty`` if tracked files in it have changed since."""
     run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, cwd=path).stdout.strip()  # noqa: E731
     try:
-        commit = run("git", "rev-parse", "--short", "HEAD")
+        commit = run("git", "log", "-1", "--format=%h", "--", ".")
         dirty = run("git", "status", "--porcelain", "--untracked-files=no", "--", ".")
         return (commit + ("+dirty" if dirty else "")) or "unknown"
     except Exception:
