@@ -221,8 +221,8 @@ def run(args, report):
         t = 1e3 * theirs["sec_per_cycle"] if theirs else None
         rows.append([f"{r['config']} ({CONFIGS[r['config']][1]['num_members']} members)", f"{m:.4f} +- {se:.4f}",
                      f"{np.median(r['rmse_a']):.4f}", f"{sum(r['diverged'])}/{len(r['diverged'])}",
-                     f"{mk:.4f} +- {sek:.4f}", f"{CONFIGS[r['config']][2]}", f"{ours:.3f}",
-                     "-" if t is None else f"{t:.3f}", "-" if t is None else f"{t / ours:.1f}x"])
+                     f"{mk:.4f} +- {sek:.4f}", f"{CONFIGS[r['config']][2]}", "-" if np.isnan(ours) else f"{ours:.3f}",
+                     "-" if t is None else f"{t:.3f}", "-" if t is None or np.isnan(ours) else f"{t / ours:.1f}x"])
     report.table("RMSE and time per cycle", HEADER, rows, LEGEND.format(cycles=cycles, seeds=seeds,
                                                                          dapper_cycles=args.dapper_cycles), left=1)
     return results
