@@ -214,6 +214,8 @@ def run(args, report):
         results.append(run_config(name, cycles, seeds, not args.no_timing, args, report))
         report.case_done()
     ref = dapper_reference(args.config, args) if args.dapper else {}
+    for v in sorted({e["dapper_version"] for e in ref.values()}):
+        report.note(f"DAPPER {v} (`{args.dapper}`), timed by dapper_side.py on the same core(s), BLAS on one thread")
     for r in results:
         m, se = mean_se(r["rmse_a"])
         mk, sek = mean_se([a for a, d in zip(r["rmse_a"], r["diverged"]) if not d])
