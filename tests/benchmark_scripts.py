@@ -1,15 +1,26 @@
-"""Import a benchmark script by path, for the tests that run a benchmark's short mode.
+"""Run a benchmark suite through the runner (``python -m benchmarks.run``) in this process, for the tests
+that run a suite's short mode.
 
-By path and not through sys.path: a script in benchmarks/ must never shadow an installed library
-(benchmarks/particles.py once replaced the `particles` library and switched float64 on at import)."""
+``benchmarks`` is imported as a package from the repository root, so no file in benchmarks/ can
+shadow an installed library (benchmarks/particles.py once replaced the `particles` library)."""
 
-import importlib.util
 import pathlib
+import sys
+
+import jax
+
+ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
 
 
-def load_benchmark(name: str):
-    path = pathlib.Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_suite(*argv):
+    """``python -m benchmarks.run *argv`` in-process; returns the runner's Report (``.ok``, ``.results``).
+    The runner sets jax_enable_x64 from the suite's dtype: restored afterwards."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from benchmarks import run
+
+    x64 = jax.config.jax_enable_x64
+    try:
+        return run.main(list(argv))
+    finally:
+        jax.config.update("jax_enable_x64", x64)
