@@ -147,7 +147,7 @@ def same_data(args, report):
         peers.dapper(args.dapper, "simulate", "--config", *args.config, "--seeds", *seeds, "--cycles", cycles,
                      "--out", args.same_data, *(["--fixed-init"] if args.fixed_init else []))
     rows, ensemble = [], harness.ssmppl_internals().ensemble_module
-    saved_initial = ensemble._initial_ensemble
+    saved_initial = ensemble.initial_draws
     for name in args.config:
         ssm, method = build(name)
         files = sorted(glob.glob(os.path.join(args.same_data, f"{name}_s*_K{cycles}.npz")),
@@ -158,7 +158,7 @@ def same_data(args, report):
             truth, y, keep = jnp.asarray(data["truth"]), jnp.asarray(data["y"]), np.asarray(data["masko"])
             if args.fixed_init:  # DAPPER's initial ensemble instead of a draw (internal hook, restored below)
                 E0 = jnp.asarray(data["E0"])
-                ensemble._initial_ensemble = lambda p, k, N, dt, E0=E0: E0.astype(dt)
+                ensemble.initial_draws = lambda p, k, N, dt, E0=E0: E0.astype(dt)
             errors = jax.jit(lambda k: jnp.sqrt(((ssm.filter({}, y=y, method=method, key=k).filtered_means - truth)
                                                  ** 2).mean(-1)))
             dapper_runs.append((data["err_a"][keep].mean(), data["err_a"][-1000:].mean()))
@@ -177,7 +177,7 @@ def same_data(args, report):
         if args.fixed_init:
             report.check(True, f"{name}, same initial ensemble: max |RMSE difference| over the first 100 analyses / "
                                f"first analysis where it exceeds 1e-6 (-1: never), per run: {', '.join(mismatch)}")
-    ensemble._initial_ensemble = saved_initial
+    ensemble.initial_draws = saved_initial
     report.table("Same data in both libraries", ["configuration", "data seeds", "DAPPER", "ssmppl"], rows,
                  f"DAPPER's own truth and observations, {cycles:,} cycles, fed to both filters; RMSE of the analysis "
                  "mean after burn-in, mean +- s.e. over the runs that did not diverge.", left=1)

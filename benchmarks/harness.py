@@ -30,14 +30,16 @@ def ssmppl_internals():
     """Internal pieces a few suites need: ensf times one EnSF analysis alone (``reverse_sde``,
     ``likelihood_score``) and swaps the float32 ``arctan`` of the Lorenz models for XLA's;
     nonlinear hands dynamax the Lorenz-63 vector field; da_lorenz's same-data check fixes the
-    initial ensemble (``ensemble_module._initial_ensemble``)."""
+    initial ensemble (``ensemble_module.initial_draws``, the EnKF recursion's draw of z_0)."""
     import types
 
-    from ssmppl.inference import ensemble, score_filter
+    from ssmppl.inference.ensemble import filter as ensemble_filter
+    from ssmppl.inference.score_filter import ensf
+    from ssmppl.maths import score
     from ssmppl.models import lorenz
 
-    return types.SimpleNamespace(likelihood_score=score_filter.likelihood_score, reverse_sde=score_filter.reverse_sde,
-                                 ensemble_module=ensemble, lorenz_module=lorenz,
+    return types.SimpleNamespace(likelihood_score=ensf.likelihood_score, reverse_sde=score.reverse_sde,
+                                 ensemble_module=ensemble_filter, lorenz_module=lorenz,
                                  lorenz63_vector_field=lorenz.lorenz63_vector_field)
 
 
