@@ -11,7 +11,7 @@ from numpyro import handlers
 from ._jit import jit_by_arrays
 from .inference.base import Backend
 from .inference.kalman import Kalman, linear_gaussian_params
-from .models.tracing import ScanInterceptor, SiteNames, discover, trace_model, trace_state_space
+from .models.tracing import RelaxedValidation, ScanInterceptor, SiteNames, discover, trace_model, trace_state_space
 
 
 def _check_method(method):
@@ -33,19 +33,35 @@ _FIELD_ROLES = {
 
 def _diagnose_nan(problem):
     """Why a linear Gaussian filter gave NaN, per field: NaN entries, or (covariances)
-    negative eigenvalues, a singular emission covariance. Time-varying fields per step."""
-    from .inference.linear_gaussian import time_varying
+    negative eigenvalues. Time-varying fields per step. Also, per step, where R is
+    singular (exactly observed components, legitimate but a possible cause: an exact
+    observation that the past predicts exactly has no density), and where the parallel
+    filter's H Q H^T + R (observed components) is singular."""
+    from .inference.linear_gaussian import masked_emission, params_at, time_varying
 
     params = linear_gaussian_params(problem)
     report = {}
+
+    def singular(M):
+        eig = jnp.linalg.eigvalsh(jnp.nan_to_num(M))
+        return eig.min(-1) <= 1e-10 * jnp.abs(eig).max(-1)
+
     for name, value, tv in zip(params._fields, params, time_varying(params)):
         per_step = value if tv else value[None]
         bad = jnp.isnan(per_step).reshape((per_step.shape[0], -1)).any(-1)
         if name in ("initial_covariance", "Q", "R"):
             eig = jnp.linalg.eigvalsh(jnp.nan_to_num(per_step))
-            tol = 1e-10 * jnp.abs(eig).max(-1)
-            bad = bad | ((eig.min(-1) <= tol) if name == "R" else (eig.min(-1) < -tol))
+            bad = bad | (eig.min(-1) < -1e-10 * jnp.abs(eig).max(-1))
         report[name] = bad
+    report["R_singular"] = singular(params.R if time_varying(params).R else params.R[None])
+
+    def element_innovation(t, y):
+        p = params_at(params, t)
+        _, H0, _, R0, _ = masked_emission(y, p.H, p.d, p.R)
+        return H0 @ p.Q @ H0.T + R0
+
+    ys = problem.observations
+    report["parallel_S_singular"] = singular(jax.vmap(element_innovation)(jnp.arange(ys.shape[0]), ys))
     return report
 
 
@@ -64,19 +80,38 @@ def _raise_if_nan(ssm, result, method, params, args, kwargs):
     if isinstance(method, Kalman):
         names = ssm.site_names(*args, **kwargs)
         report = jit_by_arrays(ssm._diagnose, params, *args, **kwargs)
+
+        def steps_of(bad):
+            return [int(i) + 1 for i in jnp.nonzero(bad)[0][:5]] if bad.shape[0] > 1 else None
+
         problems = []
         for field, bad in report.items():
             bad = jnp.asarray(bad)
-            if bool(bad.any()):
-                steps = [int(i) + 1 for i in jnp.nonzero(bad)[0][:5]] if bad.shape[0] > 1 else None
+            if field in _FIELD_ROLES and bool(bad.any()):
+                steps = steps_of(bad)
                 site = names.init if field.startswith("initial") else (names.latent if field in "FcQ" else names.obs)
                 what = _FIELD_ROLES[field]
-                extra = " (NaN or not positive semi-definite)" if field in ("initial_covariance", "Q") else (
-                    " (NaN or not positive definite)" if field == "R" else " (NaN)")
+                extra = " (NaN or not positive semi-definite)" if field in ("initial_covariance", "Q", "R") \
+                    else " (NaN)"
                 problems.append(f"{what} of site {site!r}{extra}" + (f" at steps {steps}" if steps else ""))
         if problems:
             raise ValueError(msg + ": invalid " + "; ".join(problems) + ". NaN is allowed only in "
-                             "observations (missing data); covariances must be positive definite")
+                             "observations (missing data); covariances must be positive semi-definite")
+        parallel_bad = jnp.asarray(report["parallel_S_singular"])
+        if method.parallel and bool(parallel_bad.any()):
+            raise ValueError(
+                f"{msg}: Kalman(parallel=True) conditions each step's observation on the previous state alone, "
+                "which needs H Q H^T + R (over the observed components) positive definite, and it is singular at "
+                f"steps {steps_of(parallel_bad)}: a component of site {names.obs!r} is observed exactly (zero "
+                f"variance) and gets no transition noise from site {names.latent!r}. The sequential Kalman() only "
+                "needs the predicted H P H^T + R positive definite")
+        r_singular = jnp.asarray(report["R_singular"])
+        if bool(r_singular.any()):
+            steps = steps_of(r_singular)
+            raise ValueError(
+                f"{msg}: the emission covariance of site {names.obs!r} is singular (components observed exactly)"
+                + (f" at steps {steps}" if steps else "") + ". That is allowed, but where the past also predicts "
+                "such a component exactly (zero predicted variance) the observation has no density")
     raise ValueError(msg + ": check parameters and inputs for NaN/inf and covariances for positive definiteness")
 
 
@@ -147,7 +182,7 @@ class SSM:
     def _sample(self, key, params, *args, **kwargs):
         names = self.site_names(*args, **kwargs)
         model = handlers.substitute(handlers.seed(self.model, key), data=dict(params or {}))
-        tr = handlers.trace(model).get_trace(*args, **kwargs)
+        tr = handlers.trace(RelaxedValidation(model)).get_trace(*args, **kwargs)  # zero variances allowed
         states, emissions = tr[names.latent]["value"], tr[names.obs]["value"]
         T = states.shape[0]
         return states.reshape(T, -1), emissions.reshape(T, -1)

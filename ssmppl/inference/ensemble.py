@@ -59,7 +59,7 @@ from jax.scipy.linalg import cho_solve, solve_triangular
 
 from ..errors import ModelStructureError
 from .base import Backend, check_forecastable
-from .gaussian import family_name, gaussian_parts, is_gaussian
+from .gaussian import family_name, gaussian_parts, is_gaussian, require_density, require_samplable
 from .inflation import Adaptive, Multiplicative, RTPP, adaptive_of, as_inflation, inflate, update_adaptive
 from .localization import Localization
 from .results import FilterResult, SmoothResult, _pytree_dataclass
@@ -154,7 +154,8 @@ def _symmetric_function_jvp(name, primals, tangents):
 # -- observation space -----------------------------------------------------------------------------
 
 def check_emission(problem, variant: str, localized: bool, owner: str):
-    """Trace-time checks: a Gaussian emission; a diagonal R where the variant needs one."""
+    """Trace-time checks: a Gaussian emission with a density (no zero variance); a diagonal R where the
+    variant needs one; a transition NumPyro can sample."""
     site = problem.names.obs
     z = jnp.zeros(problem.state_dim, problem.observations.dtype)
     d = problem.emission(z, problem.xs_example())
@@ -163,6 +164,10 @@ def check_emission(problem, variant: str, localized: bool, owner: str):
             f"{owner} needs a Gaussian emission (additive Gaussian noise around h(z)), but site {site!r} is "
             f"{family_name(d)}: use a particle filter (BootstrapPF) or MomentMatching for this model"
         )
+    require_density(problem, "emission", owner, "whitens the observations by R^(-1/2), the inverse square root of "
+                    "the observation-error covariance", "Give that component a small positive variance, or use "
+                    "Kalman(), EKF(), UKF() or GaussHermite(), which condition on exact observations")
+    require_samplable(problem, owner)
     _, _, diagonal = gaussian_parts(d)
     if not diagonal and (variant in DIAGONAL_R or localized):
         why = f"variant={variant!r}" if variant in DIAGONAL_R else "localisation"

@@ -50,7 +50,8 @@ from jax import lax
 from ..errors import ModelStructureError
 from ..learning.expected_log_joint import masked_log_prob
 from .base import Backend, check_forecastable
-from .gaussian import conditional_moments, family_name, gaussian_moments, is_gaussian
+from .gaussian import (conditional_moments, family_name, gaussian_moments, is_gaussian, require_density,
+                       require_samplable)
 from .gaussian_filter import factor_or_repair
 from .kalman import _affine_parts, _check_affine
 from .linear_gaussian import moment_update
@@ -380,7 +381,29 @@ class _ParticleBackend(Backend):
     def _log_eta(self, problem) -> Callable:
         return _no_look_ahead
 
-    def _run(self, problem, key, keep_particles):
+    def _weights_by_emission_density(self) -> bool:
+        return True
+
+    def _check_noise(self, problem, smoothing):
+        """Trace-time refusal of zero-variance noise where this filter needs a density."""
+        owner = type(self).__name__
+        require_samplable(problem, owner)
+        if self._weights_by_emission_density():
+            require_density(problem, "emission", owner, "weights particles by the emission density p(y_t | z_t)",
+                            "Use Kalman(), EKF(), UKF() or GaussHermite(), which condition on exact observations, "
+                            "or GuidedPF() (its locally optimal proposal does too, for a linear emission)")
+        if getattr(self, "proposal", None) is not None:
+            require_density(problem, "latent", f"{owner}(proposal=...)",
+                            "weights particles by f(z_t | z_{t-1}) / q(z_t | z_{t-1}, y_t), f the transition density",
+                            "Move the particles by the transition instead (no proposal), or use GuidedPF() "
+                            "(the locally optimal proposal needs no transition density)")
+        if smoothing and self.smoother == "ffbsi":
+            require_density(problem, "latent", f"{owner}(smoother='ffbsi')",
+                            "weights particles by the transition density f(z_{t+1} | z_t) when it draws paths back "
+                            "in time", "Use smoother='genealogy', or a Gaussian smoother (Kalman(), EKF(), UKF())")
+
+    def _run(self, problem, key, keep_particles, smoothing=False):
+        self._check_noise(problem, smoothing)
         dtype = jnp.result_type(problem.observations, float)
         return particle_filter(problem, self._key(key), self.num_particles, self._move(problem, dtype),
                                self._log_eta(problem), self.resampling, self.ess_threshold, self.gradient,
@@ -393,7 +416,7 @@ class _ParticleBackend(Backend):
         from .particle_smoother import particle_smooth
 
         key_filter, key_back = jax.random.split(self._key(key))
-        filtered = self._run(problem, key_filter, True)
+        filtered = self._run(problem, key_filter, True, smoothing=True)
         return particle_smooth(problem, filtered, key_back, self.smoother, self.num_trajectories,
                                self.keep_particles)
 
@@ -401,7 +424,7 @@ class _ParticleBackend(Backend):
         from .particle_smoother import backward_trajectories
 
         key_filter, key_back = jax.random.split(key)
-        filtered = self._run(problem, key_filter, True)
+        filtered = self._run(problem, key_filter, True, smoothing=True)
         return backward_trajectories(problem, filtered, key_back, 1, self.smoother)[0]
 
     def forecast(self, problem, filtered, num_steps, key=None):
@@ -471,6 +494,9 @@ class GuidedPF(_ParticleBackend):
             _check_locally_optimal(problem)
             return locally_optimal_move(problem, dtype)
         return proposal_move(problem, self.proposal, dtype)
+
+    def _weights_by_emission_density(self):
+        return self.proposal is not None  # the locally optimal weight is the Gaussian p(y_t | z_{t-1})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,6 +66,7 @@ from ..learning.expected_log_joint import masked_log_prob
 from ..models.dependence import require_derivative
 from .base import Backend, check_forecastable
 from .ensemble import EnsembleFilterResult, _initial_ensemble, _moments, ensemble_forecast
+from .gaussian import require_density, require_samplable
 from .results import FilterResult
 
 SCORES = ("paired", "mixture")
@@ -195,6 +196,10 @@ def score_filter(problem, key, settings: "EnSF"):
     N = settings.num_members
     dtype = jnp.result_type(problem.observations, float)
     check_differentiable(problem)
+    require_density(problem, "emission", "EnSF", "needs the likelihood score grad_z log p(y | z)",
+                    "Give that component a small positive variance, or use Kalman(), EKF(), UKF() or "
+                    "GaussHermite(), which condition on exact observations")
+    require_samplable(problem, "EnSF")
     key_init, key_steps = jax.random.split(key)
     X0 = _initial_ensemble(problem, key_init, N, dtype)
     covariances = settings.store_covariances
