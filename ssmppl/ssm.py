@@ -12,7 +12,7 @@ from ._jit import jit_by_arrays
 from .inference import DEFAULT_BACKEND
 from .inference.base import Backend, Capability, require, require_key
 from .inference.validation import invalid_input_message, parameter_checks
-from .models.tracing import ScanInterceptor, SiteNames, discover, trace_model, trace_state_space
+from .models.tracing import RelaxedValidation, ScanInterceptor, SiteNames, discover, trace_model, trace_state_space
 
 
 def _is_concrete(x):
@@ -85,7 +85,7 @@ class SSM:
     def _sample(self, key, params, *args, **kwargs):
         names = self.site_names(*args, **kwargs)
         model = handlers.substitute(handlers.seed(self.model, key), data=dict(params or {}))
-        tr = handlers.trace(model).get_trace(*args, **kwargs)
+        tr = handlers.trace(RelaxedValidation(model)).get_trace(*args, **kwargs)  # zero variances allowed
         states, emissions = tr[names.latent]["value"], tr[names.obs]["value"]
         T = states.shape[0]
         return states.reshape(T, -1), emissions.reshape(T, -1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 
 from ..errors import ModelStructureError
@@ -54,11 +55,26 @@ def gaussian_parts(d):
         if isinstance(base, dist.MultivariateNormal):
             L = base.scale_tril
             cov = L @ jnp.swapaxes(L, -1, -2)
+            if "covariance_matrix" in vars(base):
+                cov = _singular_covariance_fallback(cov, base.covariance_matrix)
         else:
             W = base.cov_factor
             cov = W @ jnp.swapaxes(W, -1, -2) + jnp.diag(base.cov_diag)
         return jnp.broadcast_to(base.loc, shape), cov, False
     raise ModelStructureError(f"{type(d).__name__} is not Gaussian (supported: {GAUSSIAN_TYPES})")
+
+
+def _singular_covariance_fallback(cov, given):
+    """``cov`` (L L^T from NumPyro's Cholesky factor L) where L exists; where it does not (NaN), the
+    ``given`` covariance matrix if it is positive semi-definite (a singular covariance: zero-variance
+    directions), NaN if it is not (so that filters report an invalid covariance, as before)."""
+
+    def psd_or_nan(given):
+        w = jnp.linalg.eigvalsh(given)
+        tol = 100 * jnp.finfo(given.dtype).eps * jnp.max(jnp.abs(w))
+        return jnp.where(jnp.all(w >= -tol) & jnp.all(jnp.isfinite(given)), given, jnp.nan)
+
+    return jax.lax.cond(jnp.all(jnp.isfinite(cov)), lambda g: cov, psd_or_nan, given)
 
 
 def gaussian_moments(d):
@@ -151,3 +167,87 @@ def check_affine(fn, z, x, site, role, hint):
         raise ModelStructureError(
             f"the scale of the {role} site {site!r} depends on the state (state-dependent noise). {hint}"
         )
+# -- degenerate (zero-variance) noise ----------------------------------------------------------------
+# A zero scale or a singular covariance is legitimate model structure (a deterministic trend, the
+# lagged components of a companion-form AR(p), an exactly observed series). The Gaussian backends
+# condition on it; a backend that needs the site's density, or samples it, checks it at trace time.
+# Only noise that is a constant of the model is seen (traced parameters are not concrete).
+
+
+def _site_at_zero(fn, problem):
+    """fn(0, xs_0) built with constants folded (so a literal zero scale is concrete), or None when
+    the site's noise reads the state (then it has no single value to check)."""
+    z = jnp.zeros(problem.state_dim, jnp.result_type(problem.observations, float))
+    x0 = problem.xs_example()
+    d = fn(z, x0)
+    if not is_gaussian(d) or reads(lambda z_: gaussian_parts(fn(z_, x0))[1], 0, z):
+        return None
+    with jax.ensure_compile_time_eval():
+        return fn(z, x0)
+
+
+def noise_defect(d):
+    """Why the Gaussian ``d`` has no density (``"zero variance in components [..]"`` or ``"a singular
+    covariance matrix"``) when its noise is concrete; None otherwise."""
+    if d is None or not is_gaussian(d):
+        return None
+    with jax.ensure_compile_time_eval():
+        _, noise, diagonal = gaussian_parts(d)
+    if isinstance(noise, jax.core.Tracer):
+        return None
+    noise = np.asarray(noise)
+    if diagonal:
+        zero = np.flatnonzero(noise == 0)
+        return f"zero variance in component(s) {zero.tolist()} of {noise.size}" if zero.size else None
+    try:
+        np.linalg.cholesky(noise)
+    except np.linalg.LinAlgError:
+        return "a singular covariance matrix"
+    return None
+
+
+def unsamplable(d):
+    """True when ``d`` is a MultivariateNormal given a singular ``covariance_matrix``: NumPyro samples
+    it through its Cholesky factor, which is NaN then (known only for concrete matrices)."""
+    while isinstance(d, (dist.Independent, dist.ExpandedDistribution)):
+        d = d.base_dist
+    if not isinstance(d, dist.MultivariateNormal) or "covariance_matrix" not in vars(d):
+        return False
+    L = d.scale_tril
+    return not isinstance(L, jax.core.Tracer) and bool(np.isnan(np.asarray(L)).any())
+
+
+def site_defects(problem, role):
+    """(noise_defect, unsamplable) of the model's ``role`` site ("latent" or "emission")."""
+    fn = problem.transition if role == "latent" else problem.emission
+    d = _site_at_zero(fn, problem)
+    return noise_defect(d), d is not None and unsamplable(d)
+
+
+def require_density(problem, role, owner, why, advice):
+    """``ModelStructureError`` when the ``role`` site ("latent" or "emission") has zero-variance
+    noise (known at trace time): ``owner`` needs its density because ``why``."""
+    defect, _ = site_defects(problem, role)
+    if defect is None:
+        return
+    site = problem.names.latent if role == "latent" else problem.names.obs
+    what = "a deterministic state component" if role == "latent" else "a noiseless observation"
+    raise ModelStructureError(
+        f"{owner} {why}, but the {'state' if role == 'latent' else 'emission'} site {site!r} has {defect}: "
+        f"{what} has no density. {advice}")
+
+
+def require_samplable(problem, owner):
+    """``ModelStructureError`` when ``owner`` would sample a MultivariateNormal given a singular
+    covariance_matrix (the transition, or the initial state)."""
+    names = problem.names
+    checks = [(site_defects(problem, "latent")[1], names.latent, "state")]
+    if problem.initial is not None:
+        checks.append((unsamplable(problem.initial), names.init, "initial-state"))
+    for bad, site, role in checks:
+        if bad:
+            raise ModelStructureError(
+                f"{owner} samples the {role} site {site!r}, a MultivariateNormal given a singular "
+                "covariance_matrix: NumPyro draws it through the matrix's Cholesky factor, which does not exist "
+                "(NaN). Pass scale_tril=L instead (a lower-triangular factor with zeros on its diagonal is "
+                "fine), or write independent components as dist.Normal(loc, scale).to_event(1) with zero scales")

@@ -58,7 +58,9 @@ def distribution_checks(d) -> dict:
     if isinstance(base, dist.Normal):
         return {"loc": ~jnp.isfinite(base.loc).all(), "scale": ~(jnp.asarray(base.scale) >= 0).all()}
     if isinstance(base, dist.MultivariateNormal):
-        # NumPyro keeps only the Cholesky factor: NaN there means the covariance was NaN or indefinite
+        if "covariance_matrix" in vars(base):  # as given: singular is allowed, indefinite is not
+            return {"loc": ~jnp.isfinite(base.loc).all(), "scale_tril": _psd_bad(base.covariance_matrix).any()}
+        # given by a factor (or a precision): NaN there means NaN or an indefinite matrix
         return {"loc": ~jnp.isfinite(base.loc).all(), "scale_tril": ~jnp.isfinite(base.scale_tril).all()}
     if isinstance(base, dist.LowRankMultivariateNormal):
         return {"loc": ~jnp.isfinite(base.loc).all(), "cov_factor": ~jnp.isfinite(base.cov_factor).all(),

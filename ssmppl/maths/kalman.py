@@ -205,6 +205,8 @@ def backward_sample_from_cross(filtered: FilterResult, cross: jax.Array, key) ->
         return z, z
 
     z_last = draw(filtered.filtered_means[-1], filtered.filtered_covariances[-1], noise[-1])
+    if T == 1:  # no backward step (a scan of length 0 still traces its body, which indexes the empty cross)
+        return z_last[None]
     _, zs = lax.scan(step, z_last, jnp.arange(T - 1), reverse=True)
     return jnp.concatenate([zs, z_last[None]], axis=0)
 
@@ -254,11 +256,12 @@ def sqrt_update(m, L, y, H, d, R, LR):
     """Square-root measurement update (NaN entries of y missing).
 
     ``LR`` is a factor of R used when every component is observed; otherwise the
-    factor of the masked R is recomputed for this step.
+    factor of the masked R is recomputed for this step, by ``psd_factor`` as ``LR``
+    was: the observed block of R may be singular (a component observed exactly).
     """
     y0, H0, d0, R0, n_obs = masked_emission(y, H, d, R)
     observed_all = n_obs == y.shape[0]
-    LR0 = lax.cond(observed_all, lambda: LR, lambda: jnp.linalg.cholesky(R0))
+    LR0 = lax.cond(observed_all, lambda: LR, lambda: psd_factor(R0))
     dy, dz = H0.shape
     pre = jnp.block([[LR0, H0 @ L], [jnp.zeros((dz, dy), L.dtype), L]])
     post = tria(pre)

@@ -30,11 +30,14 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.contrib.control_flow.scan import scan_wrapper
-from numpyro.distributions.distribution import validation_enabled
+from numpyro.distributions import constraints
+from numpyro.distributions.distribution import enable_validation, validation_enabled
 from numpyro.ops.pytree import PytreeTrace
 from numpyro.primitives import Messenger
+from numpyro.util import not_jax_tracer
 
 from ..errors import ModelStructureError, ObservationShapeError
 from .dependence import reads
@@ -97,19 +100,107 @@ class StateSpace:
         return None if self.xs is None else self.xs_at(0)
 
 
+# -- argument validation ----------------------------------------------------------------
+# NumPyro validates a distribution's arguments when it is built, and refuses a Normal with a
+# zero scale or a MultivariateNormal with a singular covariance. In a state-space model these
+# are legitimate: a deterministic trend, the lagged components of a companion-form AR(p), an
+# exactly observed series. ssmppl runs the user's model with NumPyro's validation off and checks
+# each sample site's arguments itself, with the same constraints except that Gaussian noise may
+# be degenerate. Like NumPyro's, the check only sees concrete values (not traced ones).
+
+
+_RELAXED = []  # per active RelaxedValidation (innermost last): whether NumPyro validated before it
+
+
+def _validation_requested() -> bool:
+    """Whether to check arguments: NumPyro's setting, as it was outside any ``RelaxedValidation``."""
+    return _RELAXED[-1] if _RELAXED else bool(dist.Distribution._validate_args)
+
+
+def _lower_triangular_nonnegative_diagonal(L):
+    L = jnp.asarray(L)
+    diag = jnp.diagonal(L, axis1=-2, axis2=-1)
+    return jnp.all(jnp.tril(L) == L, axis=(-2, -1)) & jnp.all(diag >= 0, axis=-1)
+
+
+def _relaxed_constraint(d, param, constraint):
+    """The constraint ssmppl checks: NumPyro's, with zero variances allowed in Gaussian noise.
+    Returns (check, requirement in words) or None to skip the parameter."""
+    if isinstance(d, dist.Normal) and param == "scale":
+        return constraints.nonnegative, "scales must be >= 0; zero is a noiseless component"
+    if isinstance(d, dist.MultivariateNormal):
+        if param == "covariance_matrix":
+            return constraints.positive_semidefinite, "it must be symmetric positive semi-definite"
+        if param == "scale_tril":
+            if "covariance_matrix" in vars(d) or "precision_matrix" in vars(d):
+                return None  # derived from the matrix checked above (NaN when that one is singular)
+            return (_lower_triangular_nonnegative_diagonal,
+                    "it must be lower triangular with a non-negative diagonal")
+    return constraint, None
+
+
+def check_site_arguments(fn, site):
+    """Raise ``ValueError`` naming ``site`` when a concrete argument of its distribution (or of a
+    distribution it wraps) is invalid; zero variances of Gaussian noise are valid."""
+    d = fn
+    while isinstance(d, dist.Distribution):
+        with jax.ensure_compile_time_eval():
+            for param, value in d.get_args().items():
+                constraint = d.arg_constraints.get(param)
+                if constraint is None or constraints.is_dependent(constraint):
+                    continue
+                relaxed = _relaxed_constraint(d, param, constraint)
+                if relaxed is None:
+                    continue
+                check, why = relaxed
+                ok = check(value)
+                if not_jax_tracer(ok) and not np.all(np.asarray(ok)):
+                    raise ValueError(f"site {site!r}: {type(d).__name__} distribution got an invalid {param} "
+                                     f"parameter" + (f" ({why})" if why else ""))
+        d = getattr(d, "base_dist", None)
+
+
+class RelaxedValidation(Messenger):
+    """Runs the model with NumPyro's argument validation off, and checks every sample site's
+    arguments with ``check_site_arguments`` instead (when NumPyro's validation was on)."""
+
+    def __enter__(self):
+        self._was_validating = bool(dist.Distribution._validate_args)
+        _RELAXED.append(_validation_requested())
+        enable_validation(False)
+        return super().__enter__()
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        _RELAXED.pop()
+        enable_validation(self._was_validating)
+        return super().__exit__(exc_type, exc_value, traceback)
+
+    @property
+    def _checking(self):
+        return _RELAXED[-1] if _RELAXED else False
+
+    def process_message(self, msg):
+        if msg["type"] == "sample" and self._checking and not msg.get("_control_flow_done"):
+            check_site_arguments(msg["fn"], msg["name"])
+
+
 class _StepRecorder(Messenger):
     """Records the sites of one call of the step function.
 
     When ``latent_value`` is given the latent site takes it instead of being
-    sampled; an unobserved emission site takes a NaN placeholder.
+    sampled; an unobserved emission site takes a NaN placeholder. ``validate``:
+    check each sample site's arguments (``check_site_arguments``).
     """
 
-    def __init__(self, latent=None, latent_value=None, obs=None):
+    def __init__(self, latent=None, latent_value=None, obs=None, validate=False):
         self.latent, self.latent_value, self.obs = latent, latent_value, obs
+        self.validate = validate
         self.sites = {}
         super().__init__()
 
     def process_message(self, msg):
+        if msg["type"] == "sample" and self.validate:
+            check_site_arguments(msg["fn"], msg["name"])
         if msg["type"] != "sample" or msg["value"] is not None:
             return
         if msg["name"] == self.latent and self.latent_value is not None:
@@ -131,13 +222,16 @@ def run_step(f, carry, x, latent=None, latent_value=None, obs=None, rng_key=None
     """Run the user's step once, hidden from outer handlers.
 
     Returns (sites, new_carry, output): the recorded sites by name and what the
-    step returned. ``validate=False`` skips NumPyro's argument validation: backends
-    call the step many times under tracing, where validation cannot raise and its
-    constraint checks only cost tracing time (most of it, for a small model).
+    step returned. NumPyro's own argument validation is off (it refuses zero
+    variances); ``validate=True`` checks the sites' arguments with
+    ``check_site_arguments`` instead, when NumPyro's validation is enabled.
+    ``validate=False`` skips that: backends call the step many times under tracing,
+    where validation cannot raise and its constraint checks only cost tracing time
+    (most of it, for a small model).
     """
-    recorder = _StepRecorder(latent, latent_value, obs)
+    recorder = _StepRecorder(latent, latent_value, obs, validate and _validation_requested())
     fn = handlers.seed(f, rng_key) if rng_key is not None else f
-    with handlers.block(), recorder, validation_enabled(validate):
+    with handlers.block(), recorder, validation_enabled(False):
         new_carry, output = fn(carry, x)
     return recorder.sites, new_carry, output
 
@@ -211,13 +305,14 @@ def _discover_body(f, init, xs, latent, obs):
     return latent, obs
 
 
-class ScanInterceptor(Messenger):
+class ScanInterceptor(RelaxedValidation):
     """Replaces the model's ``scan`` over time by ``on_scan(state_space, rng_key)``.
 
     ``names``: known site names (from ``discover``), or None in the discovery
     pass, where the scan is only probed. The initial-state site, when known, is
     taken out of the model: it keeps a placeholder value, contributes nothing to
-    the log density and is not a latent site for samplers.
+    the log density and is not a latent site for samplers. The model runs under
+    ``RelaxedValidation``: zero-variance Gaussian noise is accepted.
     """
 
     def __init__(self, fn=None, names: Optional[SiteNames] = None, latent=None, obs=None, on_scan=None):
@@ -230,6 +325,7 @@ class ScanInterceptor(Messenger):
         super().__init__(fn)
 
     def process_message(self, msg):
+        super().process_message(msg)
         if msg["type"] == "control_flow" and msg["fn"] is scan_wrapper:
             if self.found is not None:
                 raise ModelStructureError("the model calls scan more than once: ssmppl reads one scan over time")

@@ -14,7 +14,7 @@ from ...maths.gaussian import masked_covariance
 from ...maths.ensemble import (anomaly_moments, centre, ensrf_analysis, etkf_analysis, gaussian_predictive,
                                letkf_analysis, random_rotation, serial_analysis, stochastic_analysis)
 from ...results import FilterResult
-from ..distributions import family_name, gaussian_parts, require_gaussian
+from ..distributions import family_name, gaussian_parts, require_density, require_gaussian, require_samplable
 from ..samples import initial_draws, propagate
 from .inflation import adaptive_of, as_inflation, inflate, update_adaptive
 from .results import EnsembleFilterExtras
@@ -26,12 +26,17 @@ DIAGONAL_R = ("serial", "letkf")
 
 
 def check_emission(problem, variant: str, localized: bool, owner: str):
-    """Trace-time checks: a Gaussian emission; a diagonal R where the variant needs one."""
+    """Trace-time checks: a Gaussian emission with a density (no zero variance); a diagonal R where the
+    variant needs one; a transition NumPyro can sample."""
     site = problem.names.obs
     z = jnp.zeros(problem.state_dim, problem.observations.dtype)
     d = problem.emission(z, problem.xs_example())
     require_gaussian(d, site, "emission", owner, "an ensemble Kalman analysis needs additive Gaussian noise "
                      "around h(z); use a particle filter (BootstrapPF) or MomentMatching for this model")
+    require_density(problem, "emission", owner, "whitens the observations by R^(-1/2), the inverse square root of "
+                    "the observation-error covariance", "Give that component a small positive variance, or use "
+                    "Kalman(), EKF(), UKF() or GaussHermite(), which condition on exact observations")
+    require_samplable(problem, owner)
     _, _, diagonal = gaussian_parts(d)
     if not diagonal and (variant in DIAGONAL_R or localized):
         why = f"variant={variant!r}" if variant in DIAGONAL_R else "localisation"

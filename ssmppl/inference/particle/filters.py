@@ -51,7 +51,8 @@ from ...maths.gaussian import factor_or_repair, moment_update
 from ...maths.resampling import RESAMPLERS, effective_sample_size, resampler, weighted_moments
 from ...results import FilterResult, SmoothResult
 from ..base import ALL_CAPABILITIES, Backend
-from ..distributions import affine_parts, check_affine, gaussian_moments, masked_log_prob, require_gaussian
+from ..distributions import (affine_parts, check_affine, gaussian_moments, masked_log_prob, require_density,
+                             require_gaussian, require_samplable)
 from ..samples import flat_sample, forecast_samples, initial_draws, mixture_predictive
 from .results import ParticleFilterExtras
 from .smoother import backward_trajectories, particle_smooth
@@ -286,7 +287,29 @@ class _ParticleBackend(Backend):
     def _log_eta(self, problem) -> Callable:
         return _no_look_ahead
 
-    def _run(self, problem, key, keep_particles):
+    def _weights_by_emission_density(self) -> bool:
+        return True
+
+    def _check_noise(self, problem, smoothing):
+        """Trace-time refusal of zero-variance noise where this filter needs a density."""
+        owner = type(self).__name__
+        require_samplable(problem, owner)
+        if self._weights_by_emission_density():
+            require_density(problem, "emission", owner, "weights particles by the emission density p(y_t | z_t)",
+                            "Use Kalman(), EKF(), UKF() or GaussHermite(), which condition on exact observations, "
+                            "or GuidedPF() (its locally optimal proposal does too, for a linear emission)")
+        if getattr(self, "proposal", None) is not None:
+            require_density(problem, "latent", f"{owner}(proposal=...)",
+                            "weights particles by f(z_t | z_{t-1}) / q(z_t | z_{t-1}, y_t), f the transition density",
+                            "Move the particles by the transition instead (no proposal), or use GuidedPF() "
+                            "(the locally optimal proposal needs no transition density)")
+        if smoothing and self.smoother == "ffbsi":
+            require_density(problem, "latent", f"{owner}(smoother='ffbsi')",
+                            "weights particles by the transition density f(z_{t+1} | z_t) when it draws paths back "
+                            "in time", "Use smoother='genealogy', or a Gaussian smoother (Kalman(), EKF(), UKF())")
+
+    def _run(self, problem, key, keep_particles, smoothing=False):
+        self._check_noise(problem, smoothing)
         dtype = jnp.result_type(problem.observations, float)
         return particle_filter(problem, self._key(key), self.num_particles, self._move(problem, dtype),
                                self._log_eta(problem), self.resampling, self.ess_threshold, self.gradient,
@@ -297,13 +320,13 @@ class _ParticleBackend(Backend):
 
     def smooth(self, problem, key=None) -> SmoothResult:
         key_filter, key_back = jax.random.split(self._key(key))
-        filtered = self._run(problem, key_filter, True)
+        filtered = self._run(problem, key_filter, True, smoothing=True)
         return particle_smooth(problem, filtered, key_back, self.smoother, self.num_trajectories,
                                self.keep_particles)
 
     def sample_states(self, problem, key):
         key_filter, key_back = jax.random.split(key)
-        filtered = self._run(problem, key_filter, True)
+        filtered = self._run(problem, key_filter, True, smoothing=True)
         return backward_trajectories(problem, filtered, key_back, 1, self.smoother)[0]
 
     def forecast(self, problem, filtered, num_steps, key=None):
@@ -369,6 +392,9 @@ class GuidedPF(_ParticleBackend):
             _check_locally_optimal(problem)
             return locally_optimal_move(problem, dtype)
         return proposal_move(problem, self.proposal, dtype)
+
+    def _weights_by_emission_density(self):
+        return self.proposal is not None  # the locally optimal weight is the Gaussian p(y_t | z_{t-1})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,7 +67,7 @@ from ...maths.score import SCORES, reverse_sde
 from ...models.dependence import require_derivative
 from ...results import FilterResult
 from ..base import Backend, Capability
-from ..distributions import masked_log_prob
+from ..distributions import masked_log_prob, require_density, require_samplable
 from ..ensemble.results import EnsembleFilterExtras
 from ..samples import forecast_samples, initial_draws, propagate
 
@@ -114,6 +114,10 @@ def score_filter(problem, key, settings: "EnSF"):
     N = settings.num_members
     dtype = jnp.result_type(problem.observations, float)
     check_differentiable(problem)
+    require_density(problem, "emission", "EnSF", "needs the likelihood score grad_z log p(y | z)",
+                    "Give that component a small positive variance, or use Kalman(), EKF(), UKF() or "
+                    "GaussHermite(), which condition on exact observations")
+    require_samplable(problem, "EnSF")
     key_init, key_steps = jax.random.split(key)
     X0 = initial_draws(problem, key_init, N, dtype)
     covariances = settings.store_covariances
