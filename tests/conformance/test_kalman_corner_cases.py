@@ -163,8 +163,8 @@ def test_clark1989_parallel_gradient_matches_sequential(x64, clark):
     rank-deficient ones (J has rank <= 2 per step here, and J = 0 once the prior is absorbed): the
     gradient of the log-likelihood must still be the sequential filter's."""
     from ssmppl.inference.kalman import linear_gaussian_params
-    from ssmppl.inference.linear_gaussian import kalman_filter
-    from ssmppl.inference.parallel_kalman import parallel_kalman_filter
+    from ssmppl.maths.kalman import kalman_filter
+    from ssmppl.maths.parallel_kalman import parallel_kalman_filter
 
     y = jnp.asarray(clark[0][:8])  # the diffuse start and the partly missing steps; short: compiles faster
     base = linear_gaussian_params(SSM(clark_model).state_space(None, y))

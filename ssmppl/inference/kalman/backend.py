@@ -7,6 +7,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ...errors import ModelStructureError
 from ...maths.kalman import (
@@ -15,10 +16,12 @@ from ...maths.kalman import (
     emission_moments,
     kalman_filter,
     kalman_forecast,
+    params_at,
     rts_smoother,
     sqrt_kalman_filter,
     time_varying,
 )
+from ...maths.gaussian import masked_emission
 from ...maths.parallel_kalman import parallel_kalman_filter, parallel_rts_smoother
 from ...models.dependence import leaves_reading
 from ...models.tracing import StateSpace
@@ -142,6 +145,45 @@ class Kalman(Backend):
                 "ssm.filter instead"
             )
         return kalman_forecast(params, filtered.filtered_means[-1], filtered.filtered_covariances[-1], num_steps)
+
+    def explain(self, problem, result, step):
+        """Parameters passed validation (singular noise is allowed): a non-finite Kalman result then
+        comes from an exact observation that has no density. The parallel filter conditions each
+        step on the previous state alone, so it needs H Q H^T + R positive definite on the observed
+        components; the sequential one needs the predicted H P H^T + R to be."""
+        params = linear_gaussian_params(problem)
+        names = problem.names
+        ys = problem.observations
+
+        def singular(M):
+            eig = np.linalg.eigvalsh(np.nan_to_num(np.asarray(M)))
+            return eig.min(-1) <= 1e-10 * np.abs(eig).max(-1)
+
+        def steps_of(bad):
+            return [int(i) + 1 for i in np.flatnonzero(bad)[:5]]
+
+        msg = f"Kalman: the filter is not finite from step {step} on"
+        if self.parallel:
+            def element_innovation(t, y):
+                p = params_at(params, t)
+                _, H0, _, R0, _ = masked_emission(y, p.H, p.d, p.R)
+                return H0 @ p.Q @ H0.T + R0
+
+            bad = singular(jax.vmap(element_innovation)(jnp.arange(ys.shape[0]), ys))
+            if bad.any():
+                return (f"{msg}: Kalman(parallel=True) conditions each step's observation on the previous state "
+                        "alone, which needs H Q H^T + R (over the observed components) positive definite, and it is "
+                        f"singular at steps {steps_of(bad)}: a component of site {names.obs!r} is observed exactly "
+                        f"(zero variance) and gets no transition noise from site {names.latent!r}. The sequential "
+                        "Kalman() only needs the predicted H P H^T + R positive definite")
+        R = params.R if time_varying(params).R else params.R[None]
+        bad = singular(R)
+        if bad.any():
+            where = f" at steps {steps_of(bad)}" if bad.shape[0] > 1 else ""
+            return (f"{msg}: the emission covariance of site {names.obs!r} is singular (components observed exactly)"
+                    f"{where}. That is allowed, but where the past also predicts such a component exactly (zero "
+                    "predicted variance) the observation has no density")
+        return msg
 
     def posterior_predictive(self, problem, smoothed):
         params = linear_gaussian_params(problem)
