@@ -14,9 +14,9 @@ import pytest  # noqa: E402
 
 
 @contextlib.contextmanager
-def _float64():
+def _x64(enabled: bool):
     previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_x64", enabled)
     try:
         yield
     finally:
@@ -26,12 +26,19 @@ def _float64():
 @pytest.fixture
 def x64():
     """Float64 for correctness tests (restored afterwards: float32 is tested separately)."""
-    with _float64():
+    with _x64(True):
         yield
 
 
 @pytest.fixture(scope="module")
 def x64_module():
     """Float64 for a module's shared (module-scoped) fixtures and all its tests."""
-    with _float64():
+    with _x64(True):
+        yield
+
+
+@pytest.fixture
+def x32():
+    """JAX's default float32, whatever a module's other fixtures set."""
+    with _x64(False):
         yield

@@ -70,108 +70,110 @@ CONFORMANCE_BACKENDS = list(C.BACKENDS)  # the exported backends (a snapshot: en
 # known failures: (backend, test case) -> the error seen
 # ------------------------------------------------------------------------------------------------
 
-_POINT_MASS = ("{b} weights particles by the emission density, a point mass for a zero-noise component; "
-               "today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is "
-               "impossible ...)' instead of a refusal naming site 'y' and its zero noise")
-_ENKF_ZERO_R = ("EnKF's analysis needs R^-1; today: ValueError \"EnKF('etkf'): the ensemble diverged: its mean "
-                "is not finite from step 1 on\" instead of a refusal naming site 'y' and its zero noise")
-_ENSF_ZERO_R = ("EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the "
-                "analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'")
-_LITERAL = ("tracing runs NumPyro's argument validation on the model's own Normal(loc, 0.0): ValueError "
-            "'Normal distribution got invalid scale parameter.' (being fixed)")
-_GENERIC_NAN = ("today: ValueError '{b} returned a NaN log-likelihood: check parameters and inputs for NaN/inf "
-                "and covariances for positive definiteness' (names neither site nor parameter)")
-_PF_NAN = ("today: ValueError '{b}: at step 1 every particle's log-weight is -inf or NaN (the observation is "
-           "impossible ...)': blames the data, names neither site nor parameter")
-_ENKF_NAN = ("today: ValueError \"EnKF('etkf'): the ensemble diverged: its mean is not finite from step 1 on\": "
-             "names neither site nor parameter")
-_ENSF_NAN = "today: ValueError 'EnSF: the analysis mean is not finite from step 1 on': names neither site nor parameter"
-_SILENT_NEG_SCALE = ("a negative Normal scale is squared into a valid variance: the filter runs without error "
-                     "(log-likelihood as for |r|)")
+# The cases still failing, with the error each gives. Zero observation noise given as a parameter
+# value (traced, so invisible to the trace-time refusals of backends that need an emission density)
+# still reaches the particle filters' weights, the EnKF's R^-1 and EnSF's likelihood score; GuidedPF's
+# and AuxiliaryPF's predicted moments are those of their proposals. Every other case of the first
+# version of this table (T = 0, +-inf and 1e20 data, invalid parameters, literal zero noise, the
+# square-root form's singular R block) passes since issue 17.
 
-_GAUSSIAN_APPROX = ("EKF", "UKF", "GaussHermite", "MomentMatching")
-_KALMAN = ("Kalman", "Kalman[square_root]", "Kalman[parallel]")
-_PFS = ("BootstrapPF", "GuidedPF", "AuxiliaryPF")
-
-
-def _generic_invalid(b):
-    if b in _GAUSSIAN_APPROX:
-        return _GENERIC_NAN.format(b=b)
-    if b in _PFS:
-        return _PF_NAN.format(b=b)
-    return _ENKF_NAN if b == "EnKF" else _ENSF_NAN
-
-
-XFAIL = {}
-for _b in ("BootstrapPF", "AuxiliaryPF"):
-    for _p in ("vector/singular_R_partly_missing", "vector/zero_R_component", "scalar/zero_R"):
-        XFAIL[(_b, _p)] = _POINT_MASS.format(b=_b)
-for _p in ("vector/singular_R_partly_missing", "vector/zero_R_component", "scalar/zero_R"):
-    XFAIL[("EnKF", _p)] = _ENKF_ZERO_R
-    XFAIL[("EnSF", _p)] = _ENSF_ZERO_R
-XFAIL[("EnSF", "scalar/zero_Q")] = (
-    "with zero process noise the exact posterior contracts step by step and EnSF's damped analysis falls "
-    "behind it: RMS error 1.17 posterior sd, worst 2.97 (bounds 1 and 2.5)")
-XFAIL[("Kalman[square_root]", "vector/singular_R_partly_missing")] = (
-    "square-root form on a singular observed R block next to missing components: ValueError 'Kalman returned a "
-    "NaN log-likelihood: invalid emission covariance of site 'y' (NaN or not positive definite)' (being fixed)")
-for _b in C.BACKENDS:
-    for _p in ("literal/zero_Q", "literal/zero_R"):
-        XFAIL[(_b, _p)] = _LITERAL
-    # bad input
-    XFAIL[(_b, "T=0")] = "today: IndexError 'index is out of bounds for axis 0 with size 0' at trace time"
-    for _sign in ("+inf", "-inf"):
-        if _b in _KALMAN + _GAUSSIAN_APPROX:
-            _why = _GENERIC_NAN.format(b=_b.split("[")[0]).replace("names neither site nor parameter",
-                                                                   "names neither the site nor the step")
-        else:
-            _why = _generic_invalid(_b).replace("step 1", "step 4").replace("blames the data, ", "").replace(
-                "names neither site nor parameter", "names the step, not the site 'y'")
-        XFAIL[(_b, f"obs{_sign}")] = _why
-    _silent = _KALMAN + _GAUSSIAN_APPROX + ("GuidedPF", "EnKF", "EnSF")
-    XFAIL[(_b, "negative_scale_r")] = _SILENT_NEG_SCALE if _b in _silent else _generic_invalid(_b)
-    if _b in _KALMAN + ("EKF",):
-        XFAIL[(_b, "obs1e20_f32")] = ("float32: the log-likelihood overflows to -inf and filter returns it without "
-                                      "an error")
-    elif _b in _GAUSSIAN_APPROX:
-        XFAIL[(_b, "obs1e20_f32")] = _GENERIC_NAN.format(b=_b).replace("names neither site nor parameter",
-                                                                       "does not name the site")
-    elif _b in _PFS:
-        XFAIL[(_b, "obs1e20_f32")] = _PF_NAN.format(b=_b).replace("step 1", "step 4").replace(
-            "names neither site nor parameter", "does not name the site")
-    elif _b == "EnKF":
-        XFAIL[(_b, "obs1e20_f32")] = ("today: ValueError \"EnKF('etkf'): the ensemble diverged: its mean is not "
-                                      "finite from step 5 on\": does not name the site, and the step is the one "
-                                      "after the observation (4)")
-    if _b not in _KALMAN:
-        for _k in ("nan_in_F", "negative_variance_Q", "non_psd_Q"):
-            XFAIL[(_b, _k)] = _generic_invalid(_b)
+XFAIL = {
+    ('BootstrapPF', 'vector/singular_R_partly_missing'): (
+        "BootstrapPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
+    ('BootstrapPF', 'vector/zero_R_component'): (
+        "BootstrapPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
+    ('BootstrapPF', 'scalar/zero_R'): (
+        "BootstrapPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
+    ('AuxiliaryPF', 'vector/singular_R_partly_missing'): (
+        "AuxiliaryPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
+    ('AuxiliaryPF', 'vector/zero_R_component'): (
+        "AuxiliaryPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
+    ('AuxiliaryPF', 'scalar/zero_R'): (
+        "AuxiliaryPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
+    ('EnKF', 'vector/singular_R_partly_missing'): (
+        'EnKF\'s analysis needs R^-1; today: ValueError "EnKF(\'etkf\'): the ensemble diverged: its mean is not finite from step 1 on" instead of a refusal naming site \'y\' and its zero noise'),
+    ('EnSF', 'vector/singular_R_partly_missing'): (
+        "EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'"),
+    ('EnKF', 'vector/zero_R_component'): (
+        'EnKF\'s analysis needs R^-1; today: ValueError "EnKF(\'etkf\'): the ensemble diverged: its mean is not finite from step 1 on" instead of a refusal naming site \'y\' and its zero noise'),
+    ('EnSF', 'vector/zero_R_component'): (
+        "EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'"),
+    ('EnKF', 'scalar/zero_R'): (
+        'EnKF\'s analysis needs R^-1; today: ValueError "EnKF(\'etkf\'): the ensemble diverged: its mean is not finite from step 1 on" instead of a refusal naming site \'y\' and its zero noise'),
+    ('EnSF', 'scalar/zero_R'): (
+        "EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'"),
+    ('EnSF', 'scalar/zero_Q'): (
+        "with zero process noise the exact posterior contracts step by step and EnSF's damped analysis falls behind it: RMS error 1.17 posterior sd, worst 2.97 (bounds 1 and 2.5)"),
+    ('EnSF', 'literal/zero_Q'): (
+        "as scalar/zero_Q: with zero process noise the exact posterior contracts step by step and EnSF's damped analysis falls behind it: RMS error 1.17 posterior sd, worst 2.97 (bounds 1 and 2.5)"),
+}
 
 
-# the predicted moments: the same runs, so the refusals of the zero-noise problems carry over
-XFAIL_PREDICTED = {k: v for k, v in XFAIL.items() if k[1] in C.PROBLEMS}
-for _p in C.PROBLEMS:
-    # with Q = 0 the locally optimal proposal is the transition, and the predicted moments are right
-    if ("GuidedPF", _p) not in XFAIL_PREDICTED and not _p.startswith("literal") and _p != "scalar/zero_Q":
-        XFAIL_PREDICTED[("GuidedPF", _p)] = (
-            "GuidedPF's predicted_means/covariances are the moments of its proposal (particles moved with y_t "
-            "in view, weighted before the f/q correction), not of p(z_t | y_1:t-1): off by ~1.7 posterior sd on "
-            "the vector model, hundreds of standard errors")
-    if ("AuxiliaryPF", _p) not in XFAIL_PREDICTED and not _p.startswith("literal"):
-        XFAIL_PREDICTED[("AuxiliaryPF", _p)] = (
-            "AuxiliaryPF's predicted moments are self-normalised with the look-ahead's 1/eta weights, heavy-tailed "
-            "where eta is small (step 1, a wide prior): at N = 2000 the step-1 predicted covariance is off by "
-            "~0.5 posterior variance, 13 standard errors over 16 keys (64 keys: the same; bias, not noise)")
+XFAIL_PREDICTED = {
+    ('BootstrapPF', 'vector/singular_R_partly_missing'): (
+        "BootstrapPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
+    ('BootstrapPF', 'vector/zero_R_component'): (
+        "BootstrapPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
+    ('BootstrapPF', 'scalar/zero_R'): (
+        "BootstrapPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
+    ('AuxiliaryPF', 'vector/singular_R_partly_missing'): (
+        "AuxiliaryPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
+    ('AuxiliaryPF', 'vector/zero_R_component'): (
+        "AuxiliaryPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
+    ('AuxiliaryPF', 'scalar/zero_R'): (
+        "AuxiliaryPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
+    ('EnKF', 'vector/singular_R_partly_missing'): (
+        'EnKF\'s analysis needs R^-1; today: ValueError "EnKF(\'etkf\'): the ensemble diverged: its mean is not finite from step 1 on" instead of a refusal naming site \'y\' and its zero noise'),
+    ('EnSF', 'vector/singular_R_partly_missing'): (
+        "EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'"),
+    ('EnKF', 'vector/zero_R_component'): (
+        'EnKF\'s analysis needs R^-1; today: ValueError "EnKF(\'etkf\'): the ensemble diverged: its mean is not finite from step 1 on" instead of a refusal naming site \'y\' and its zero noise'),
+    ('EnSF', 'vector/zero_R_component'): (
+        "EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'"),
+    ('EnKF', 'scalar/zero_R'): (
+        'EnKF\'s analysis needs R^-1; today: ValueError "EnKF(\'etkf\'): the ensemble diverged: its mean is not finite from step 1 on" instead of a refusal naming site \'y\' and its zero noise'),
+    ('EnSF', 'scalar/zero_R'): (
+        "EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'"),
+    ('EnSF', 'scalar/zero_Q'): (
+        "with zero process noise the exact posterior contracts step by step and EnSF's damped analysis falls behind it: RMS error 1.17 posterior sd, worst 2.97 (bounds 1 and 2.5)"),
+    ('GuidedPF', 'literal/zero_R'): (
+        "tracing runs NumPyro's argument validation on the model's own Normal(loc, 0.0): ValueError 'Normal distribution got invalid scale parameter.' (being fixed); then as scalar/zero_R: GuidedPF's predicted_means/covariances are the moments of its proposal (particles moved with y_t in view, weighted before the f/q correction), not of p(z_t | y_1:t-1): off by ~1.7 posterior sd on the vector model, hundreds of standard errors"),
+    ('AuxiliaryPF', 'literal/zero_Q'): (
+        "as scalar/zero_Q: AuxiliaryPF's predicted moments are self-normalised with the look-ahead's 1/eta weights, heavy-tailed where eta is small (step 1, a wide prior): at N = 2000 the step-1 predicted covariance is off by ~0.5 posterior variance, 13 standard errors over 16 keys (64 keys: the same; bias, not noise)"),
+    ('EnSF', 'literal/zero_Q'): (
+        "as scalar/zero_Q: with zero process noise the exact posterior contracts step by step and EnSF's damped analysis falls behind it: RMS error 1.17 posterior sd, worst 2.97 (bounds 1 and 2.5)"),
+    ('EnSF', 'literal/zero_R'): (
+        "tracing runs NumPyro's argument validation on the model's own Normal(loc, 0.0): ValueError 'Normal distribution got invalid scale parameter.' (being fixed); then as scalar/zero_R: EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'"),
+    ('GuidedPF', 'vector/linear_gaussian'): (
+        "GuidedPF's predicted_means/covariances are the moments of its proposal (particles moved with y_t in view, weighted before the f/q correction), not of p(z_t | y_1:t-1): off by ~1.7 posterior sd on the vector model, hundreds of standard errors"),
+    ('AuxiliaryPF', 'vector/linear_gaussian'): (
+        "AuxiliaryPF's predicted moments are self-normalised with the look-ahead's 1/eta weights, heavy-tailed where eta is small (step 1, a wide prior): at N = 2000 the step-1 predicted covariance is off by ~0.5 posterior variance, 13 standard errors over 16 keys (64 keys: the same; bias, not noise)"),
+    ('GuidedPF', 'vector/missing_step'): (
+        "GuidedPF's predicted_means/covariances are the moments of its proposal (particles moved with y_t in view, weighted before the f/q correction), not of p(z_t | y_1:t-1): off by ~1.7 posterior sd on the vector model, hundreds of standard errors"),
+    ('AuxiliaryPF', 'vector/missing_step'): (
+        "AuxiliaryPF's predicted moments are self-normalised with the look-ahead's 1/eta weights, heavy-tailed where eta is small (step 1, a wide prior): at N = 2000 the step-1 predicted covariance is off by ~0.5 posterior variance, 13 standard errors over 16 keys (64 keys: the same; bias, not noise)"),
+    ('GuidedPF', 'vector/partly_missing'): (
+        "GuidedPF's predicted_means/covariances are the moments of its proposal (particles moved with y_t in view, weighted before the f/q correction), not of p(z_t | y_1:t-1): off by ~1.7 posterior sd on the vector model, hundreds of standard errors"),
+    ('AuxiliaryPF', 'vector/partly_missing'): (
+        "AuxiliaryPF's predicted moments are self-normalised with the look-ahead's 1/eta weights, heavy-tailed where eta is small (step 1, a wide prior): at N = 2000 the step-1 predicted covariance is off by ~0.5 posterior variance, 13 standard errors over 16 keys (64 keys: the same; bias, not noise)"),
+    ('GuidedPF', 'vector/singular_R_partly_missing'): (
+        "GuidedPF's predicted_means/covariances are the moments of its proposal (particles moved with y_t in view, weighted before the f/q correction), not of p(z_t | y_1:t-1): off by ~1.7 posterior sd on the vector model, hundreds of standard errors"),
+    ('GuidedPF', 'vector/zero_R_component'): (
+        "GuidedPF's predicted_means/covariances are the moments of its proposal (particles moved with y_t in view, weighted before the f/q correction), not of p(z_t | y_1:t-1): off by ~1.7 posterior sd on the vector model, hundreds of standard errors"),
+    ('GuidedPF', 'vector_T1'): (
+        "GuidedPF's predicted_means/covariances are the moments of its proposal (particles moved with y_t in view, weighted before the f/q correction), not of p(z_t | y_1:t-1): off by ~1.7 posterior sd on the vector model, hundreds of standard errors"),
+    ('AuxiliaryPF', 'vector_T1'): (
+        "AuxiliaryPF's predicted moments are self-normalised with the look-ahead's 1/eta weights, heavy-tailed where eta is small (step 1, a wide prior): at N = 2000 the step-1 predicted covariance is off by ~0.5 posterior variance, 13 standard errors over 16 keys (64 keys: the same; bias, not noise)"),
+    ('GuidedPF', 'scalar/linear_gaussian'): (
+        "GuidedPF's predicted_means/covariances are the moments of its proposal (particles moved with y_t in view, weighted before the f/q correction), not of p(z_t | y_1:t-1): off by ~1.7 posterior sd on the vector model, hundreds of standard errors"),
+    ('AuxiliaryPF', 'scalar/linear_gaussian'): (
+        "AuxiliaryPF's predicted moments are self-normalised with the look-ahead's 1/eta weights, heavy-tailed where eta is small (step 1, a wide prior): at N = 2000 the step-1 predicted covariance is off by ~0.5 posterior variance, 13 standard errors over 16 keys (64 keys: the same; bias, not noise)"),
+    ('AuxiliaryPF', 'scalar/zero_Q'): (
+        "AuxiliaryPF's predicted moments are self-normalised with the look-ahead's 1/eta weights, heavy-tailed where eta is small (step 1, a wide prior): at N = 2000 the step-1 predicted covariance is off by ~0.5 posterior variance, 13 standard errors over 16 keys (64 keys: the same; bias, not noise)"),
+    ('GuidedPF', 'scalar/zero_R'): (
+        "GuidedPF's predicted_means/covariances are the moments of its proposal (particles moved with y_t in view, weighted before the f/q correction), not of p(z_t | y_1:t-1): off by ~1.7 posterior sd on the vector model, hundreds of standard errors"),
+}
 
-
-# once the literal Normal(loc, 0.0) traces, a literal problem behaves as its scalar twin (same
-# numbers, parameters given in the model instead of params): say so in the reason, as the mark stays
-for _table in (XFAIL, XFAIL_PREDICTED):
-    for _b in C.BACKENDS:
-        for _c in C.LITERAL_CASES:
-            _twin = _table.get((_b, f"scalar/{_c}"))
-            if _twin:
-                _table[(_b, f"literal/{_c}")] = f"{_LITERAL}; then as scalar/{_c}: {_twin}"
 
 
 def params_for(backends, cases_, slow_for=(), predicted=False):
@@ -259,17 +261,6 @@ def test_predicted_moments_agree_with_the_oracle(x64, name, pid):
 # ------------------------------------------------------------------------------------------------
 # float32 and determinism
 # ------------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def x32():
-    """JAX's default float32, whatever the module's other tests set."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", False)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", previous)
-
 
 def _leaves(result):
     return [np.asarray(x) for x in jax.tree.leaves(result)]
