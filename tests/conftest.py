@@ -1,11 +1,13 @@
 import os
 
-# jax 0.10 on CPU runs batched LAPACK calls (vmapped Cholesky / triangular solves) on its
-# intra-op pool and blocks a worker while they wait; with 2 cores two such calls can take
-# every worker and deadlock (see benchmarks/README.md). One core gives a one-thread pool,
-# where batches run inline. Pin before jax creates its CPU client.
-if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+# jax 0.10 on CPU splits a batched LAPACK call (vmapped Cholesky, triangular solve, eigh, ...) over
+# XLA's intra-op thread pool and blocks the calling thread until the pieces are done; XLA runs
+# independent operations on that same pool, so when every pool thread is in such a call the process
+# deadlocks at 0% CPU (tests/repro_lapack_deadlock.py; README, "Troubleshooting"). XLA's CPU client
+# sizes that pool from NPROC, and a one-thread pool never splits a batch. Unlike pinning the process
+# to one core (what this file did before), this leaves the other core to XLA's compiler and to
+# NumPy/SciPy. It must be set before jax creates its CPU client; an NPROC set by the caller wins.
+os.environ.setdefault("NPROC", "1")
 
 import contextlib  # noqa: E402
 
