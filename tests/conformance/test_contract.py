@@ -21,6 +21,9 @@ def test_every_exported_backend_has_settings():
     assert set(exported) <= set(SETTINGS), f"give {set(exported) - set(SETTINGS)} settings here"
 
 
-@pytest.fixture(params=list(SETTINGS), scope="module")
+# The sampling backends' capabilities (smoothers, path sampling, forecasts) compile several programs
+# each: they run in the slow tier; the deterministic ones in the default run.
+@pytest.fixture(params=[pytest.param(n, marks=pytest.mark.slow) if SETTINGS[n].requires_key else n
+                        for n in SETTINGS], scope="module")
 def backend_entry(request):
     return request.param, SETTINGS[request.param]
