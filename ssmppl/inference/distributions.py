@@ -9,6 +9,8 @@ This is where the backends meet NumPyro; the maths they assemble
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -224,17 +226,25 @@ def site_defects(problem, role):
     return noise_defect(d), d is not None and unsamplable(d)
 
 
-def require_density(problem, role, owner, why, advice):
-    """``ModelStructureError`` when the ``role`` site ("latent" or "emission") has zero-variance
-    noise (known at trace time): ``owner`` needs its density because ``why``."""
+def density_refusal(problem, role, owner, why, advice) -> Optional[str]:
+    """Why ``owner`` cannot run: the ``role`` site ("latent" or "emission") has zero-variance noise
+    (when its noise is concrete) and ``owner`` needs its density because ``why``; None otherwise.
+    Backends call it at trace time and again when they explain a non-finite result, where a zero
+    variance given as a parameter value (traced inside the compiled filter) has become concrete."""
     defect, _ = site_defects(problem, role)
     if defect is None:
-        return
+        return None
     site = problem.names.latent if role == "latent" else problem.names.obs
     what = "a deterministic state component" if role == "latent" else "a noiseless observation"
-    raise ModelStructureError(
-        f"{owner} {why}, but the {'state' if role == 'latent' else 'emission'} site {site!r} has {defect}: "
-        f"{what} has no density. {advice}")
+    return (f"{owner} {why}, but the {'state' if role == 'latent' else 'emission'} site {site!r} has {defect}: "
+            f"{what} has no density. {advice}")
+
+
+def require_density(problem, role, owner, why, advice):
+    """``ModelStructureError`` with ``density_refusal``'s message when there is one."""
+    message = density_refusal(problem, role, owner, why, advice)
+    if message is not None:
+        raise ModelStructureError(message)
 
 
 def require_samplable(problem, owner):

@@ -70,38 +70,14 @@ CONFORMANCE_BACKENDS = list(C.BACKENDS)  # the exported backends (a snapshot: en
 # known failures: (backend, test case) -> the error seen
 # ------------------------------------------------------------------------------------------------
 
-# The cases still failing, with the error each gives. Zero observation noise given as a parameter
-# value (traced, so invisible to the trace-time refusals of backends that need an emission density)
-# still reaches the particle filters' weights, the EnKF's R^-1 and EnSF's likelihood score; GuidedPF's
-# and AuxiliaryPF's predicted moments are those of their proposals. Every other case of the first
-# version of this table (T = 0, +-inf and 1e20 data, invalid parameters, literal zero noise, the
-# square-root form's singular R block) passes since issue 17.
+# The cases still failing, with the error each gives: EnSF behind the exact posterior under zero
+# process noise; GuidedPF's and AuxiliaryPF's predicted moments are those of their proposals. Every
+# other case of the first version of this table (T = 0, +-inf and 1e20 data, invalid parameters,
+# literal zero noise, the square-root form's singular R block, zero observation noise given as a
+# parameter value, which the particle filters, EnKF and EnSF now refuse by site when they explain
+# the non-finite result) passes since issue 17.
 
 XFAIL = {
-    ('BootstrapPF', 'vector/singular_R_partly_missing'): (
-        "BootstrapPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
-    ('BootstrapPF', 'vector/zero_R_component'): (
-        "BootstrapPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
-    ('BootstrapPF', 'scalar/zero_R'): (
-        "BootstrapPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
-    ('AuxiliaryPF', 'vector/singular_R_partly_missing'): (
-        "AuxiliaryPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
-    ('AuxiliaryPF', 'vector/zero_R_component'): (
-        "AuxiliaryPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
-    ('AuxiliaryPF', 'scalar/zero_R'): (
-        "AuxiliaryPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
-    ('EnKF', 'vector/singular_R_partly_missing'): (
-        'EnKF\'s analysis needs R^-1; today: ValueError "EnKF(\'etkf\'): the ensemble diverged: its mean is not finite from step 1 on" instead of a refusal naming site \'y\' and its zero noise'),
-    ('EnSF', 'vector/singular_R_partly_missing'): (
-        "EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'"),
-    ('EnKF', 'vector/zero_R_component'): (
-        'EnKF\'s analysis needs R^-1; today: ValueError "EnKF(\'etkf\'): the ensemble diverged: its mean is not finite from step 1 on" instead of a refusal naming site \'y\' and its zero noise'),
-    ('EnSF', 'vector/zero_R_component'): (
-        "EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'"),
-    ('EnKF', 'scalar/zero_R'): (
-        'EnKF\'s analysis needs R^-1; today: ValueError "EnKF(\'etkf\'): the ensemble diverged: its mean is not finite from step 1 on" instead of a refusal naming site \'y\' and its zero noise'),
-    ('EnSF', 'scalar/zero_R'): (
-        "EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'"),
     ('EnSF', 'scalar/zero_Q'): (
         "with zero process noise the exact posterior contracts step by step and EnSF's damped analysis falls behind it: RMS error 1.17 posterior sd, worst 2.97 (bounds 1 and 2.5)"),
     ('EnSF', 'literal/zero_Q'): (
@@ -110,30 +86,6 @@ XFAIL = {
 
 
 XFAIL_PREDICTED = {
-    ('BootstrapPF', 'vector/singular_R_partly_missing'): (
-        "BootstrapPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
-    ('BootstrapPF', 'vector/zero_R_component'): (
-        "BootstrapPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
-    ('BootstrapPF', 'scalar/zero_R'): (
-        "BootstrapPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
-    ('AuxiliaryPF', 'vector/singular_R_partly_missing'): (
-        "AuxiliaryPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
-    ('AuxiliaryPF', 'vector/zero_R_component'): (
-        "AuxiliaryPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
-    ('AuxiliaryPF', 'scalar/zero_R'): (
-        "AuxiliaryPF weights particles by the emission density, a point mass for a zero-noise component; today: ValueError 'at step 1 every particle's log-weight is -inf or NaN (the observation is impossible ...)' instead of a refusal naming site 'y' and its zero noise"),
-    ('EnKF', 'vector/singular_R_partly_missing'): (
-        'EnKF\'s analysis needs R^-1; today: ValueError "EnKF(\'etkf\'): the ensemble diverged: its mean is not finite from step 1 on" instead of a refusal naming site \'y\' and its zero noise'),
-    ('EnSF', 'vector/singular_R_partly_missing'): (
-        "EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'"),
-    ('EnKF', 'vector/zero_R_component'): (
-        'EnKF\'s analysis needs R^-1; today: ValueError "EnKF(\'etkf\'): the ensemble diverged: its mean is not finite from step 1 on" instead of a refusal naming site \'y\' and its zero noise'),
-    ('EnSF', 'vector/zero_R_component'): (
-        "EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'"),
-    ('EnKF', 'scalar/zero_R'): (
-        'EnKF\'s analysis needs R^-1; today: ValueError "EnKF(\'etkf\'): the ensemble diverged: its mean is not finite from step 1 on" instead of a refusal naming site \'y\' and its zero noise'),
-    ('EnSF', 'scalar/zero_R'): (
-        "EnSF's likelihood score is infinite for a zero-noise component; today: ValueError 'EnSF: the analysis mean is not finite from step 1 on' instead of a refusal naming site 'y'"),
     ('EnSF', 'scalar/zero_Q'): (
         "with zero process noise the exact posterior contracts step by step and EnSF's damped analysis falls behind it: RMS error 1.17 posterior sd, worst 2.97 (bounds 1 and 2.5)"),
     ('GuidedPF', 'literal/zero_R'): (

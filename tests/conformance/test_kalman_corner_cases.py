@@ -430,6 +430,33 @@ def test_invalid_scales_still_refused_by_site():
             SSM(model).sample(jax.random.PRNGKey(0), None, T=3)
 
 
+def test_zero_variance_from_a_parameter(x64):
+    """A zero scale that is a parameter value is traced, so it cannot be refused at trace time: the exact
+    filters use it (the dense Gaussian); the backends that need an emission density refuse it by site
+    when they explain the non-finite result."""
+
+    def model(y=None, T=None):
+        r = numpyro.param("r", 0.2)
+
+        def step(z_prev, y_t):
+            z = numpyro.sample("z", dist.Normal(0.8 * z_prev, Q_SD))
+            numpyro.sample("y", dist.Normal(z, r), obs=y_t)
+            return z, None
+
+        z0 = numpyro.sample("z0", dist.Normal(0.0, 1.0))
+        scan(step, z0, y, length=T)
+
+    params, y = {"r": jnp.asarray(0.0)}, jnp.asarray(Y7)
+    expected = brute_force_loglik([[0.8]], [Q_SD], [[1.0]], [0.0], [0.0], [[1.0]], Y7)
+    for method in KALMAN_FORMS + [UKF()]:
+        assert float(SSM(model).log_likelihood(params, y, method=method)) == pytest.approx(expected, rel=1e-10)
+    for method, match in [(BootstrapPF(50), r"BootstrapPF weights particles by the emission density"),
+                          (EnKF(20), r"EnKF\('etkf'\) whitens the observations"),
+                          (EnSF(20), r"EnSF needs the likelihood score")]:
+        with pytest.raises(ValueError, match=match + r".*site 'y' has zero variance in component"):
+            SSM(model).filter(params, y, method=method, key=jax.random.PRNGKey(0))
+
+
 # -- a series of length one (issue 17 bug 2) -------------------------------------------------------
 
 T1_F = np.array([[0.9, 0.2], [0.0, 0.5]])

@@ -57,7 +57,7 @@ import numpy as np
 from ...results import FilterResult, SmoothResult
 from ..base import ALL_CAPABILITIES, Backend
 from ..samples import forecast_samples, mixture_predictive
-from .filter import VARIANTS, ensemble_filter
+from .filter import VARIANTS, emission_density_refusal, ensemble_filter
 from .inflation import as_inflation
 from .localization import Localization
 from .smoother import ensemble_smooth
@@ -158,6 +158,10 @@ class EnKF(Backend):
         return mixture_predictive(problem, jnp.swapaxes(smoothed.extras.smoothed_ensembles, 0, 1))
 
     def explain(self, problem, result, step) -> str:
+        # a zero observation-error variance given as a parameter value is concrete only here
+        refusal = emission_density_refusal(problem, f"EnKF({self.variant!r})")
+        if refusal is not None:
+            return refusal
         return (f"EnKF({self.variant!r}): the ensemble diverged: its mean is not finite from step {step} on. "
                 "Check the data near that step; more inflation, localisation, more members or a smaller model "
                 "time step may help (ssmppl.diagnostics.ensemble_health shows the RMSE and spread over time)")

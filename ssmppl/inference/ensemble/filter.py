@@ -14,7 +14,7 @@ from ...maths.gaussian import masked_covariance
 from ...maths.ensemble import (anomaly_moments, centre, ensrf_analysis, etkf_analysis, gaussian_predictive,
                                letkf_analysis, random_rotation, serial_analysis, stochastic_analysis)
 from ...results import FilterResult
-from ..distributions import family_name, gaussian_parts, require_density, require_gaussian, require_samplable
+from ..distributions import density_refusal, family_name, gaussian_parts, require_gaussian, require_samplable
 from ..samples import initial_draws, propagate
 from .inflation import adaptive_of, as_inflation, inflate, update_adaptive
 from .results import EnsembleFilterExtras
@@ -25,6 +25,14 @@ VARIANTS = ("stochastic", "etkf", "ensrf", "serial", "letkf")
 DIAGONAL_R = ("serial", "letkf")
 
 
+def emission_density_refusal(problem, owner: str):
+    """The refusal of an emission with zero-variance noise (concrete noise only), or None."""
+    return density_refusal(problem, "emission", owner, "whitens the observations by R^(-1/2), the inverse square "
+                           "root of the observation-error covariance", "Give that component a small positive "
+                           "variance, or use Kalman(), EKF(), UKF() or GaussHermite(), which condition on exact "
+                           "observations")
+
+
 def check_emission(problem, variant: str, localized: bool, owner: str):
     """Trace-time checks: a Gaussian emission with a density (no zero variance); a diagonal R where the
     variant needs one; a transition NumPyro can sample."""
@@ -33,9 +41,9 @@ def check_emission(problem, variant: str, localized: bool, owner: str):
     d = problem.emission(z, problem.xs_example())
     require_gaussian(d, site, "emission", owner, "an ensemble Kalman analysis needs additive Gaussian noise "
                      "around h(z); use a particle filter (BootstrapPF) or MomentMatching for this model")
-    require_density(problem, "emission", owner, "whitens the observations by R^(-1/2), the inverse square root of "
-                    "the observation-error covariance", "Give that component a small positive variance, or use "
-                    "Kalman(), EKF(), UKF() or GaussHermite(), which condition on exact observations")
+    message = emission_density_refusal(problem, owner)
+    if message is not None:
+        raise ModelStructureError(message)
     require_samplable(problem, owner)
     _, _, diagonal = gaussian_parts(d)
     if not diagonal and (variant in DIAGONAL_R or localized):

@@ -47,12 +47,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ...errors import ModelStructureError
 from ...maths.gaussian import factor_or_repair, moment_update
 from ...maths.resampling import RESAMPLERS, effective_sample_size, resampler, weighted_moments
 from ...results import FilterResult, SmoothResult
 from ..base import ALL_CAPABILITIES, Backend
-from ..distributions import (affine_parts, check_affine, gaussian_moments, masked_log_prob, require_density,
-                             require_gaussian, require_samplable)
+from ..distributions import (affine_parts, check_affine, density_refusal, gaussian_moments, masked_log_prob,
+                             require_density, require_gaussian, require_samplable)
 from ..samples import flat_sample, forecast_samples, initial_draws, mixture_predictive
 from .results import ParticleFilterExtras
 from .smoother import backward_trajectories, particle_smooth
@@ -290,14 +291,21 @@ class _ParticleBackend(Backend):
     def _weights_by_emission_density(self) -> bool:
         return True
 
+    def _emission_density_refusal(self, problem):
+        if not self._weights_by_emission_density():
+            return None
+        return density_refusal(problem, "emission", type(self).__name__,
+                               "weights particles by the emission density p(y_t | z_t)",
+                               "Use Kalman(), EKF(), UKF() or GaussHermite(), which condition on exact observations, "
+                               "or GuidedPF() (its locally optimal proposal does too, for a linear emission)")
+
     def _check_noise(self, problem, smoothing):
         """Trace-time refusal of zero-variance noise where this filter needs a density."""
         owner = type(self).__name__
         require_samplable(problem, owner)
-        if self._weights_by_emission_density():
-            require_density(problem, "emission", owner, "weights particles by the emission density p(y_t | z_t)",
-                            "Use Kalman(), EKF(), UKF() or GaussHermite(), which condition on exact observations, "
-                            "or GuidedPF() (its locally optimal proposal does too, for a linear emission)")
+        message = self._emission_density_refusal(problem)
+        if message is not None:
+            raise ModelStructureError(message)
         if getattr(self, "proposal", None) is not None:
             require_density(problem, "latent", f"{owner}(proposal=...)",
                             "weights particles by f(z_t | z_{t-1}) / q(z_t | z_{t-1}, y_t), f the transition density",
@@ -339,6 +347,11 @@ class _ParticleBackend(Backend):
 
     def explain(self, problem, result, step) -> str:
         """Some step's weights were all zero or not finite."""
+        # a zero emission variance given as a parameter value is traced inside the filter, so only
+        # this concrete problem shows it
+        refusal = self._emission_density_refusal(problem)
+        if refusal is not None:
+            return refusal
         step = first_impossible_step(result.log_predictive) or step
         return (f"{type(self).__name__}: at step {step} every particle's log-weight is -inf or NaN (the observation "
                 f"is impossible, or its log-density not finite, under all {self.num_particles} particles), so the "

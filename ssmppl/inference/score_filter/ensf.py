@@ -62,12 +62,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ...errors import ModelStructureError
 from ...maths.ensemble import anomaly_moments
 from ...maths.score import SCORES, reverse_sde
 from ...models.dependence import require_derivative
 from ...results import FilterResult
 from ..base import Backend, Capability
-from ..distributions import masked_log_prob, require_density, require_samplable
+from ..distributions import density_refusal, masked_log_prob, require_samplable
 from ..ensemble.results import EnsembleFilterExtras
 from ..samples import forecast_samples, initial_draws, propagate
 
@@ -109,14 +110,20 @@ def check_differentiable(problem):
 
 # -- the filter ------------------------------------------------------------------------------------
 
+def _emission_density_refusal(problem):
+    return density_refusal(problem, "emission", "EnSF", "needs the likelihood score grad_z log p(y | z)",
+                           "Give that component a small positive variance, or use Kalman(), EKF(), UKF() or "
+                           "GaussHermite(), which condition on exact observations")
+
+
 def score_filter(problem, key, settings: "EnSF"):
     """Run EnSF over the problem's observations; a ``FilterResult`` without likelihood fields."""
     N = settings.num_members
     dtype = jnp.result_type(problem.observations, float)
     check_differentiable(problem)
-    require_density(problem, "emission", "EnSF", "needs the likelihood score grad_z log p(y | z)",
-                    "Give that component a small positive variance, or use Kalman(), EKF(), UKF() or "
-                    "GaussHermite(), which condition on exact observations")
+    message = _emission_density_refusal(problem)
+    if message is not None:
+        raise ModelStructureError(message)
     require_samplable(problem, "EnSF")
     key_init, key_steps = jax.random.split(key)
     X0 = initial_draws(problem, key_init, N, dtype)
@@ -215,6 +222,10 @@ class EnSF(Backend):
         return forecast_samples(problem, filtered.extras.final_ensemble, num_steps, self._key(key))
 
     def explain(self, problem, result, step) -> str:
+        # a zero emission variance given as a parameter value is concrete only here
+        refusal = _emission_density_refusal(problem)
+        if refusal is not None:
+            return refusal
         return (f"EnSF: the analysis mean is not finite from step {step} on. Check the data near that step; "
                 "clip=1000 (as the reference code), more reverse steps or float64 may help")
 
