@@ -1,13 +1,18 @@
 import os
 
-# jax 0.10 on CPU splits a batched LAPACK call (vmapped Cholesky, triangular solve, eigh, ...) over
-# XLA's intra-op thread pool and blocks the calling thread until the pieces are done; XLA runs
-# independent operations on that same pool, so when every pool thread is in such a call the process
-# deadlocks at 0% CPU (tests/repro_lapack_deadlock.py; README, "Troubleshooting"). XLA's CPU client
-# sizes that pool from NPROC, and a one-thread pool never splits a batch. Unlike pinning the process
-# to one core (what this file did before), this leaves the other core to XLA's compiler and to
-# NumPy/SciPy. It must be set before jax creates its CPU client; an NPROC set by the caller wins.
-os.environ.setdefault("NPROC", "1")
+# jax 0.10 on CPU, on small machines (tests/repro_lapack_deadlock.py; README, "Troubleshooting"):
+# - a batched LAPACK call (vmapped Cholesky, triangular solve, eigh, ...) is split over XLA's
+#   intra-op thread pool while the calling pool thread waits; when every pool thread waits so, the
+#   process deadlocks at 0% CPU. XLA's CPU client sizes that pool from PJRT_NPROC (or NPROC), and a
+#   one-thread pool never splits a batch;
+# - those LAPACK kernels call SciPy's OpenBLAS, whose own threads then compete with XLA's: calls
+#   crawled tens of times slower. OPENBLAS_NUM_THREADS=1 keeps them single-threaded.
+# `import ssmppl` sets both on machines with at most 2 cores; the tests set them on any machine, so
+# that CI behaves the same everywhere. This replaces pinning the test process to one core, which
+# also kept XLA's compiler off the other core. Values already in the environment win.
+if "PJRT_NPROC" not in os.environ and "NPROC" not in os.environ:
+    os.environ["PJRT_NPROC"] = "1"
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import contextlib  # noqa: E402
 

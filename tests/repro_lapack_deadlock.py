@@ -1,9 +1,11 @@
 """Reproduce jax 0.10's CPU deadlock in batched LAPACK calls, and test remedies for it.
 
-A standalone script (pytest does not collect it: no ``test_`` prefix):
+A standalone script (pytest does not collect it: no ``test_`` prefix; tests/test_cpu_threads.py
+uses its kernel):
 
     python tests/repro_lapack_deadlock.py                          # kernel workload, every config, 10 runs each
-    python tests/repro_lapack_deadlock.py --workload kalman --reps 3 --configs default,NPROC=1
+    python tests/repro_lapack_deadlock.py --workload kalman --n 30 --reps 5 \
+        --configs default,OPENBLAS_NUM_THREADS=1,PJRT_NPROC=1+OPENBLAS_NUM_THREADS=1,pinned
     python tests/repro_lapack_deadlock.py --list                   # the configs
 
 The bug. jaxlib 0.10's LAPACK kernels (``lapack_dpotrf_ffi``, ``lapack_dtrsm_ffi``, ...) split a
@@ -16,12 +18,21 @@ under ``jax::ParallelBatchMap`` / ``lapack_d*_ffi`` / ``xla::cpu::CustomCallThun
 split only when its work is large enough (1000 Cholesky factorisations of 32 x 32 are split in two
 on a 2-thread pool; 100 of 8 x 8 are not), and with a one-thread pool it is never split.
 
+A second problem shows in the Kalman workloads: the LAPACK kernels call SciPy's OpenBLAS, which
+starts its own threads (one per core) inside XLA's pool threads; they compete for the cores and
+OpenBLAS spins while it waits, so calls crawl (tens of times slower, at full CPU) instead of
+stopping. ``OPENBLAS_NUM_THREADS=1`` removes that. The table's last column shows it (seconds per
+call after the compiling one; compare configs within one invocation, whose runs are interleaved).
+
 Workloads (each a loop of ``--n`` calls of one jitted function, after one compiling call):
 
 - ``kernel``: pure JAX, 4 independent chains of vmapped Cholesky + triangular solve on a batch of
   1000 32 x 32 matrices in one jitted program (compiles in about a second);
 - ``kalman``: ``SSM(models.linear_gaussian_ssm(32, 32)).filter(params, y, method=Kalman(parallel=True))``
-  with T = 1000 (compiles in ~15 s on an idle machine); ``kalman_smoother``: the same with ``.smooth``.
+  with T = 1000 (compiles in 15-60 s on a shared 2-core machine); ``kalman_smoother``: the same
+  with ``.smooth``. These import ssmppl, which on a machine with at most 2 cores sets
+  PJRT_NPROC=1 and OPENBLAS_NUM_THREADS=1 where they are unset: there "default" is ssmppl's
+  default, and jax's own is e.g. ``PJRT_NPROC=2+OPENBLAS_NUM_THREADS=2`` on 2 cores.
 
 Each run is a subprocess. The verdict does not depend on how loaded the machine is: a run that
 stops consuming CPU for ``--idle`` seconds (default 15) before finishing is a *deadlock* (a loaded
@@ -126,7 +137,7 @@ def _cpu_ticks(pid: int) -> int | None:
         return None
 
 
-def _run_once(workload: str, n: int, config: str, idle: float, timeout: float) -> tuple[str, str, float]:
+def _run_once(workload: str, n: int, config: str, idle: float, timeout: float) -> tuple[str, str, float, float | None]:
     extra, pin = _config(config)
     env = dict(os.environ)
     for key, value in extra.items():
@@ -162,16 +173,16 @@ def _run_once(workload: str, n: int, config: str, idle: float, timeout: float) -
     # the calls after the compiling one: wall seconds per call, and the share of a core they used
     walls = [float(c.split(" at ")[1].split(" s")[0]) for c in calls]
     cpus = [float(c.split(", cpu ")[1].split(" s")[0]) for c in calls if ", cpu " in c]
-    rate = ""
+    rate, per_call = "", None
     if len(walls) > 1 and len(cpus) == len(walls) and walls[-1] > walls[0]:
-        rate = (f"; {(walls[-1] - walls[0]) / (len(walls) - 1):.3f} s/call at "
-                f"{100 * (cpus[-1] - cpus[0]) / (walls[-1] - walls[0]):.0f}% CPU")
+        per_call = (walls[-1] - walls[0]) / (len(walls) - 1)
+        rate = f"; {per_call:.3f} s/call at {100 * (cpus[-1] - cpus[0]) / (walls[-1] - walls[0]):.0f}% CPU"
     detail = f"{progress}{rate}; longest 0%-CPU stretch {max_idle:.0f} s"
     if verdict:
-        return verdict, f"{detail}; killed at {time.time() - start:.0f} s", max_idle
+        return verdict, f"{detail}; killed at {time.time() - start:.0f} s", max_idle, None
     if proc.returncode == 0 and lines and lines[-1] == "ok":
-        return "ok", detail, max_idle
-    return "error", (lines[-1] if lines else f"exit code {proc.returncode}")[:200], max_idle
+        return "ok", detail, max_idle, per_call
+    return "error", (lines[-1] if lines else f"exit code {proc.returncode}")[:200], max_idle, None
 
 
 def main() -> None:
@@ -201,24 +212,29 @@ def main() -> None:
         _config(c)  # fail early on a typo
     print(f"workload {args.workload}, {n} calls per run, {args.reps} runs per config, "
           f"{len(os.sched_getaffinity(0))} cores available, deadlock = {args.idle:.0f} s at 0% CPU", flush=True)
-    rows = []
-    for config in configs:
-        counts: dict[str, int] = {}
-        stall = 0.0  # the longest 0%-CPU stretch of the runs that were not deadlocked
-        for rep in range(args.reps):
-            verdict, detail, max_idle = _run_once(args.workload, n, config, args.idle, args.timeout)
-            counts[verdict] = counts.get(verdict, 0) + 1
+    # runs interleaved over the configs (round-robin), so that a change of machine load hits all alike
+    counts: dict[str, dict[str, int]] = {c: {} for c in configs}
+    stall = dict.fromkeys(configs, 0.0)  # the longest 0%-CPU stretch of the runs that were not deadlocked
+    per_call: dict[str, list[float]] = {c: [] for c in configs}
+    for rep in range(args.reps):
+        for config in configs:
+            verdict, detail, max_idle, seconds = _run_once(args.workload, n, config, args.idle, args.timeout)
+            counts[config][verdict] = counts[config].get(verdict, 0) + 1
             if verdict != "deadlock":
-                stall = max(stall, max_idle)
+                stall[config] = max(stall[config], max_idle)
+            if seconds is not None:
+                per_call[config].append(seconds)
             print(f"  {config} run {rep + 1}: {verdict} ({detail})", flush=True)
-        rows.append((config, counts, stall))
-    print("\n| config | deadlocks | ok | other | longest 0%-CPU stretch in the other runs |\n|---|---:|---:|---|---:|")
-    for config, counts, stall in rows:
-        other = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("deadlock", "ok")) or "-"
-        live = args.reps - counts.get("deadlock", 0)
-        print(f"| {config} | {counts.get('deadlock', 0)}/{args.reps} | {counts.get('ok', 0)}/{args.reps} | {other} | "
-              f"{f'{stall:.0f} s' if live else '-'} |")
-
+    print("\n| config | deadlocks | ok | other | longest 0%-CPU stretch in the other runs | s/call, median (min-max) |")
+    print("|---|---:|---:|---|---:|---|")
+    for config in configs:
+        c = counts[config]
+        other = ", ".join(f"{k} {v}" for k, v in c.items() if k not in ("deadlock", "ok")) or "-"
+        live = args.reps - c.get("deadlock", 0)
+        t = sorted(per_call[config])
+        times = f"{t[len(t) // 2]:.3g} ({t[0]:.3g}-{t[-1]:.3g})" if t else "-"
+        print(f"| {config} | {c.get('deadlock', 0)}/{args.reps} | {c.get('ok', 0)}/{args.reps} | {other} | "
+              f"{f'{stall[config]:.0f} s' if live else '-'} | {times} |")
 
 if __name__ == "__main__":
     main()
