@@ -17,6 +17,7 @@ from typing import Any, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -160,6 +161,57 @@ def _em_iteration(plan, state, args, kwargs):
     return (params, good, ll, status, count + 1, key), ll
 
 
+def _loglik_gradient(plan, params, key, args, kwargs):
+    """Largest |d/du (log p(y | theta) + log prior) / n| over the free sites' unconstrained values u
+    (n observed scalars: the scale of fit_sgd's loss), computed with EM's own backend and key."""
+    sites = plan.layout.sites(args, kwargs)
+    free, fixed = split_frozen(params, plan.frozen)
+    keys = jax.random.split(key, plan.layout.num_sequences) if plan.method.requires_key else None
+
+    def objective(u):
+        p = {**fixed, **to_constrained(u, sites)}
+
+        def one(seq_key, *a, **k):
+            problem, outer = plan.layout.ssm._trace(p, a, k)
+            return plan.method.log_likelihood(problem, seq_key), log_prior(outer, problem.names)
+
+        lls, priors = plan.layout.per_sequence(one, args, kwargs, keys)
+        return (lls.sum() + priors[0]) / plan.num_observed
+
+    grad = jax.grad(objective)(to_unconstrained(free, sites))
+    return jnp.max(jnp.abs(ravel_pytree(grad)[0]))
+
+
+class EMStallWarning(RuntimeWarning):
+    """EM's iterations stopped raising the log-likelihood while its gradient is not small: the
+    E-step's statistics lost the precision the M-step needs (typically float32)."""
+
+
+# EM "stalls" when its last _STALL_WINDOW iterations raised the log-likelihood by no more than
+# _STALL_RESOLUTION float epsilons of |log-lik| (rounding level) while the largest gradient entry per
+# observed scalar still exceeds _STALL_GRADIENT (a converged fit's is rounding noise, far below).
+_STALL_WINDOW = 3
+_STALL_RESOLUTION = 4.0
+_STALL_GRADIENT = 1e-3
+
+
+def stalled_at(lls, dtype, window=_STALL_WINDOW):
+    """The iteration (1-based) after which the log-likelihood stopped rising, if its last ``window``
+    changes were all at rounding level; else None. lls (n,) finite."""
+    lls = np.asarray(lls, np.float64)
+    if lls.shape[0] <= window:
+        return None
+    resolution = _STALL_RESOLUTION * float(jnp.finfo(dtype).eps) * np.abs(lls[-1])
+    gains = np.diff(lls)
+    flat = gains <= resolution
+    if not flat[-window:].all():
+        return None
+    first = len(flat)
+    while first > 0 and flat[first - 1]:
+        first -= 1
+    return first + 1  # iteration (1-based) whose log-likelihood was the last to rise
+
+
 def _em_chunk(plan, state, start, args, kwargs):
     def body(state, i):
         active = (i < plan.num_iters) & (state[3] == RUNNING)
@@ -224,6 +276,29 @@ def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol
             "Returning the last parameters with a finite log-likelihood; check the model for covariances "
             "that can become singular", RuntimeWarning, stacklevel=3)
         lls = lls[jnp.isfinite(lls)]
+    else:
+        # A tol-converged fit stopped at its first small change: flat at rounding level there is a stall too.
+        _warn_if_stalled(plan, params_out, key, args, kwargs, lls, dtype, 1 if int(status) == CONVERGED else _STALL_WINDOW)
     # Frozen sites come back as the very objects given, bit for bit.
     params_out = {k: (full[k] if k in frozen else v) for k, v in params_out.items()}
     return params_out, lls
+
+
+def _warn_if_stalled(plan, params, key, args, kwargs, lls, dtype, window):
+    """EMStallWarning when EM stopped improving though the gradient is not small (one extra
+    compiled gradient, only when the last iterations were flat)."""
+    stall = stalled_at(lls, dtype, window)
+    if stall is None:
+        return
+    grad = float(jit_by_arrays(_loglik_gradient, plan, params, key, args, kwargs))
+    if not grad > _STALL_GRADIENT:
+        return
+    precision = jnp.finfo(dtype)
+    fix = ('enable float64 before creating any array: jax.config.update("jax_enable_x64", True)'
+           if precision.bits < 64 else "rescale the data or the parameters (float64 is already on), or use fit_sgd")
+    warnings.warn(
+        f"EM stalled: the log-likelihood has not risen since iteration {stall} ({float(lls[stall - 1]):.6g}) "
+        f"although its gradient is not small (largest entry {grad:.2e} per observed scalar, in the "
+        f"unconstrained space; > {_STALL_GRADIENT:g}). In {precision.dtype} the E-step's statistics no longer "
+        f"resolve the M-step's gains; {fix}, or continue with fit_sgd from these parameters",
+        EMStallWarning, stacklevel=4)  # user -> SSM.fit_em -> fit_em -> here
