@@ -253,6 +253,40 @@ class SSM:
                        batch_size=batch_size, key=key,
                        progress_bar=progress_bar)
 
+    def fit_mle(self, params, *args, method: Backend = DEFAULT_BACKEND, frozen=(), max_iters: int = 200,
+                gtol: Optional[float] = None, memory_size: int = 10, max_linesearch_steps: int = 20, key=None,
+                **kwargs):
+        """Maximum likelihood by L-BFGS, with standard errors; returns a
+        ``ssmppl.learning.mle.MLEResult`` (``params``, ``log_likelihood``, ``num_iters``,
+        ``converged``, ``stderr``, ``covariance``, ``summary()``).
+
+        For models with few global sites (variances, a few coefficients): quasi-Newton
+        (``optax.lbfgs`` with its zoom line search) in the unconstrained space of the
+        sites' constraints, one compiled ``lax.while_loop`` until the largest
+        |gradient| of the per-observation negative log-likelihood is <= ``gtol``
+        (default 1e-6 in float64, 1e-4 in float32) or ``max_iters``. The objective is
+        log p(y | params) alone: the log prior of global ``numpyro.sample`` sites is
+        not added (they are treated as parameters with their support as constraint),
+        unlike ``fit_em`` / ``fit_sgd`` which maximise the posterior density.
+
+        ``params``: starting values (missing ``numpyro.param`` sites take their initial
+        values). Batched data (B, T, dy) and ``frozen`` as in ``fit_sgd``. Standard
+        errors come from the observed information: the Hessian H of the negative
+        log-likelihood in the unconstrained space (``jax.hessian``), inverted, mapped
+        to the constrained parameters by the delta method, J H^-1 J^T with J the
+        Jacobian of the transform (equal, at the optimum, to statsmodels'
+        ``cov_type='oim'``). A ``RuntimeWarning`` is raised if the fit stops without
+        converging or H is not positive definite (standard errors then NaN).
+
+        The fit compiles once per model, backend, settings and data shape: new data
+        of the same shape or new starting values reuse the compiled program.
+        """
+        from .learning.mle import fit_mle
+
+        require(method, Capability.LIKELIHOOD, needed_by="fit_mle")
+        return fit_mle(self, params, args, kwargs, method=method, frozen=frozen, max_iters=max_iters, gtol=gtol,
+                       memory_size=memory_size, max_linesearch_steps=max_linesearch_steps, key=key)
+
     # -- Bayesian inference --------------------------------------------------
     def sample_posterior(self, key, *args, num_warmup: int = 1000, num_samples: int = 1000, num_chains: int = 4,
                          method: Optional[Backend] = DEFAULT_BACKEND, backend: str = "numpyro",
