@@ -22,7 +22,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from .._jit import StructuralKey, jit_by_arrays
-from ..inference.base import Backend, require_key
+from ..inference.base import Backend, Capability, require_key
 from .expected_log_joint import cubature_points, expected_log_joint
 from .parameters import log_prior, split_frozen, to_constrained, to_unconstrained
 from .progress import CONVERGED, DIVERGED, RUNNING, chunk_size, run_in_chunks
@@ -289,7 +289,11 @@ def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol
 
 def _warn_if_stalled(plan, params, key, args, kwargs, lls, dtype, window):
     """EMStallWarning when EM stopped improving though the gradient is not small (one extra
-    compiled gradient, only when the last iterations were flat)."""
+    compiled gradient, only when the last iterations were flat). Backends without a deterministic,
+    differentiable likelihood (particle filters: noisy; smoother-only backends) are not checked: their
+    gradient cannot tell a stall from a maximum."""
+    if Capability.LIKELIHOOD not in plan.method.capabilities or plan.method.noisy_likelihood:
+        return
     stall = stalled_at(lls, dtype, window)
     if stall is None:
         return
