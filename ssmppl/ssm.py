@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import jax
@@ -152,7 +153,8 @@ class SSM:
 
     def _raise_if_unusable(self, method, result, checks, params, args, kwargs):
         """Bad input gets an error, not a silent NaN: parameters and data are checked first, then
-        the backend explains a non-finite result (concrete results only: not under jit/vmap/grad)."""
+        the backend explains a non-finite result; a finite result gets the backend's warnings
+        (``Backend.result_warnings``). Concrete results only: not under jit/vmap/grad."""
         if not _is_concrete(result.filtered_means):
             return
         self._raise_if_invalid(checks)
@@ -161,6 +163,9 @@ class SSM:
         if ll is not None and not bool(jnp.isfinite(ll)) or not bool(jnp.isfinite(result.filtered_means).all()):
             message = method.diagnose(self.state_space(params, *args, **kwargs), filtered)
             raise ValueError(message or f"{type(method).__name__} returned a non-finite result")
+        # finite but untrustworthy (a diverged ensemble, an unstable analysis): the backend's own checks
+        for warning in method.result_warnings(filtered, lambda: self.state_space(params, *args, **kwargs)):
+            warnings.warn(warning, stacklevel=3)  # user -> filter/smooth -> here
 
     def forecast(self, params, num_steps: int, *args, method: Backend = DEFAULT_BACKEND, key=None, **kwargs):
         """Moments of the next ``num_steps`` states and emissions after the data:

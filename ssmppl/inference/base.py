@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import ClassVar, Optional
+from typing import Callable, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
@@ -127,6 +127,13 @@ class Backend:
         if hint:
             return f"{type(self).__name__}: the filter is not finite from step {step} on{hint}"
         return self.explain(problem, result, step)
+
+    def result_warnings(self, result: FilterResult, problem: Callable[[], StateSpace]) -> tuple:
+        """Outside jit, on a concrete filter result that is finite: ``Warning`` instances for a result
+        that is finite but not to be trusted (an ensemble that diverged, an unstable analysis), each
+        naming the setting to change. ``problem()`` traces the model's ``StateSpace`` (only call it if
+        needed). ``SSM.filter`` and ``SSM.smooth`` emit them. Default: none."""
+        return ()
 
     def explain(self, problem: StateSpace, result, step: int) -> str:
         """The backend's own account of a result that is not finite from ``step`` (1-based) on."""

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -78,3 +79,59 @@ def reverse_sde(key, X, lik_score: Callable, num_steps: int, eps_alpha: float, e
         return Z - dt * (b * Z - sigma2 * s) + jnp.sqrt(dt * sigma2) * noise
 
     return lax.fori_loop(0, num_steps, step, Z0)
+
+
+# -- stability of the Euler-Maruyama scheme ---------------------------------------------------------
+# Locally the posterior score is linear, s(z) ~ -(1 / beta_t^2 + h(t) L) z with L >= 0 the curvature of
+# -log p(y | z) (paired prior score: exactly 1 / beta_t^2; the mixture score's curvature is at most that),
+# so a step multiplies a perturbation by 1 - dt c(t), c(t) = b(t) + sigma^2(t) (1 / beta_t^2 + h(t) L).
+# |1 - dt c| > 1 (dt c > 2, near t = 0 where beta_t^2 -> eps_beta and h -> 1) makes each step amplify
+# the previous one's noise: the analysis blows up (tests/test_score_filter.py, seed 003 model: means of
+# 1e6 at 50 steps, Kalman-like at 100).
+
+
+def likelihood_curvature(log_lik: Callable, z, num_iters: int = 20):
+    """L >= 0, the largest eigenvalue of the Hessian of -log_lik at z (d,), by power iteration on
+    Hessian-vector products (forward over reverse; ``num_iters`` of them, O(d) memory). A dominant
+    eigenvalue of the wrong sign (log_lik locally convex) gives 0."""
+    grad = jax.grad(log_lik)
+    hvp = lambda v: -jax.jvp(grad, (z,), (v,))[1]  # noqa: E731
+    v0 = jax.random.normal(jax.random.PRNGKey(0), z.shape, z.dtype)
+    v0 = v0 / jnp.linalg.norm(v0)
+
+    def body(_, v):
+        w = hvp(v)
+        norm = jnp.linalg.norm(w)
+        return jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), v)
+
+    v = lax.fori_loop(0, num_iters, body, v0)
+    return jnp.maximum(v @ hvp(v), 0.0)
+
+
+def reverse_amplification(num_steps: int, eps_alpha: float, eps_beta: float, curvature: float,
+                          damping: Optional[Callable] = None):
+    """Host-side: (max_i |1 - dt c(t_i)|, the pseudo-time t_i where it is reached) over the reverse
+    steps t_i = 1 - i / num_steps, for a likelihood of curvature L = ``curvature`` (see above)."""
+    h = default_damping if damping is None else damping
+    t = 1.0 - np.arange(num_steps) / num_steps
+    alpha, beta2, b, sigma2 = schedule(t, eps_alpha, eps_beta)
+    hv = np.asarray(jax.vmap(h)(jnp.asarray(t)), np.float64) * np.ones_like(t)
+    factor = np.abs(1.0 - (b + sigma2 * (1.0 / beta2 + hv * curvature)) / num_steps)
+    i = int(np.argmax(factor))
+    return float(factor[i]), float(t[i])
+
+
+def stable_num_steps(num_steps: int, eps_alpha: float, eps_beta: float, curvature: float,
+                     damping: Optional[Callable] = None, limit: int = 1 << 24):
+    """Host-side: the fewest reverse steps >= ``num_steps`` whose amplification is at most 1 (None
+    beyond ``limit``)."""
+    stable = lambda n: reverse_amplification(n, eps_alpha, eps_beta, curvature, damping)[0] <= 1.0  # noqa: E731
+    low, high = num_steps, num_steps
+    while not stable(high):
+        low, high = high, 2 * high
+        if high > limit:
+            return None
+    while high - low > 1:  # stable(high), and low unstable unless low == num_steps == high
+        mid = (low + high) // 2
+        low, high = (low, mid) if stable(mid) else (mid, high)
+    return high

@@ -20,10 +20,13 @@ class EnsembleFilterExtras(Result):
       inflation_factors: (T,)                  adaptive multiplicative factor used (1 without; EnKF)
       final_ensemble, initial_ensemble: (N, d)
       filtered_ensembles, predicted_ensembles: (T, N, d) with ``keep_ensembles=True``
+      likelihood_curvature: (T,)               largest Hessian eigenvalue of -log p(y_t | z) at the forecast
+                                               mean (EnSF: its reverse SDE's step-size check)
     """
 
     FIELDS = ("filtered_spread", "predicted_spread", "filtered_variances", "innovation_chi2", "num_observed",
-              "inflation_factors", "final_ensemble", "initial_ensemble", "filtered_ensembles", "predicted_ensembles")
+              "inflation_factors", "final_ensemble", "initial_ensemble", "filtered_ensembles", "predicted_ensembles",
+              "likelihood_curvature")
 
 
 class EnsembleSmoothExtras(Result):

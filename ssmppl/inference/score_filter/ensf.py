@@ -64,7 +64,8 @@ from jax import lax
 
 from ...errors import ModelStructureError
 from ...maths.ensemble import anomaly_moments
-from ...maths.score import SCORES, reverse_sde
+from ...diagnostics import EnsembleWarning
+from ...maths.score import SCORES, likelihood_curvature, reverse_amplification, reverse_sde, stable_num_steps
 from ...models.dependence import require_derivative
 from ...results import FilterResult
 from ..base import Backend, Capability
@@ -136,10 +137,15 @@ def score_filter(problem, key, settings: "EnSF"):
         Xa = reverse_sde(k_ana, Xf, lambda Z: likelihood_score(problem, Z, xs_t, y), settings.num_steps,
                          settings.eps_alpha, settings.eps_beta, settings.score, settings.damping, settings.clip)
         mean_f, mean_a = Xf.mean(0), Xa.mean(0)
+        # for the step-size check (EnSF.result_warnings): ~20 Hessian-vector products, against the
+        # num_steps * N likelihood scores of the analysis
+        curvature = likelihood_curvature(
+            lambda z: masked_log_prob(problem.emission(z, xs_t), y, problem.obs_shape), mean_f)
         var_f, cov_f = anomaly_moments(Xf - mean_f, covariances)
         var_a, cov_a = anomaly_moments(Xa - mean_a, covariances)
         out = dict(mf=mean_a, Pf=cov_a, mp=mean_f, Pp=cov_f, var_a=var_a if covariances else None,
-                   spread_a=jnp.sqrt(var_a.mean()), spread_f=jnp.sqrt(var_f.mean()), m=(~jnp.isnan(y)).sum())
+                   spread_a=jnp.sqrt(var_a.mean()), spread_f=jnp.sqrt(var_f.mean()), m=(~jnp.isnan(y)).sum(),
+                   curvature=curvature)
         if settings.keep_ensembles:
             out.update(Xa=Xa, Xf=Xf)
         return Xa, out
@@ -149,12 +155,17 @@ def score_filter(problem, key, settings: "EnSF"):
     extras = EnsembleFilterExtras(filtered_spread=out["spread_a"], predicted_spread=out["spread_f"],
                                   filtered_variances=out["var_a"], num_observed=out["m"], final_ensemble=X_last,
                                   initial_ensemble=X0, filtered_ensembles=out.get("Xa"),
+                                  likelihood_curvature=out["curvature"],
                                   predicted_ensembles=out.get("Xf"))
     return FilterResult(filtered_means=out["mf"], filtered_covariances=out["Pf"], predicted_means=out["mp"],
                         predicted_covariances=out["Pp"], extras=extras)
 
 
 # -- the backend -----------------------------------------------------------------------------------
+
+# An analysis spread this many times the forecast's (or the schedule's floor sqrt(eps_beta)) is a blow-up
+# whatever the curvature estimate says (a Bayesian analysis narrows the ensemble on average).
+_SPREAD_BLOWUP = 100.0
 
 def _check_open_unit(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not 0 < value < 1:
@@ -220,6 +231,45 @@ class EnSF(Backend):
 
     def forecast(self, problem, filtered: FilterResult, num_steps, key=None):
         return forecast_samples(problem, filtered.extras.final_ensemble, num_steps, self._key(key))
+
+    def result_warnings(self, result, problem):
+        """An ``EnsembleWarning`` naming ``num_steps`` when the reverse SDE's Euler-Maruyama step is
+        unstable for the observations' curvature (``ssmppl.maths.score.reverse_amplification`` > 1 at
+        the step with the largest ``likelihood_curvature``), or when an analysis spread exceeds
+        ``_SPREAD_BLOWUP`` times max(forecast spread, sqrt(eps_beta)) (the schedule's noise floor)."""
+        extras = getattr(result, "extras", None)
+        if extras is None or not hasattr(extras, "likelihood_curvature"):
+            return ()
+        curvature = np.asarray(extras.likelihood_curvature, np.float64)
+        growth = np.asarray(extras.filtered_spread, np.float64) / np.maximum(
+            np.asarray(extras.predicted_spread, np.float64), np.sqrt(self.eps_beta))
+        if not np.isfinite(curvature).any():
+            return ()
+        step = int(np.nanargmax(curvature))
+        amplification, t = reverse_amplification(self.num_steps, self.eps_alpha, self.eps_beta,
+                                                 float(curvature[step]), self.damping)
+        worst = int(np.nanargmax(growth)) if np.isfinite(growth).any() else None
+        blown = worst is not None and growth[worst] > _SPREAD_BLOWUP
+        if amplification <= 1.0 and not blown:
+            return ()
+        name = f"EnSF({self.num_members}, num_steps={self.num_steps})"
+        if amplification > 1.0:
+            needed = stable_num_steps(self.num_steps, self.eps_alpha, self.eps_beta, float(curvature[step]),
+                                      self.damping)
+            message = (f"{name}: the reverse SDE is unstable at this step size. At step {step + 1} the "
+                       f"likelihood's curvature is {curvature[step]:.3g} (largest Hessian eigenvalue of "
+                       f"-log p(y_t | z) at the forecast mean), and one Euler-Maruyama step of 1/{self.num_steps} "
+                       f"multiplies the analysis' own noise by up to {amplification:.3g} (> 1, near pseudo-time "
+                       f"t = {t:.2g}), so the analysis amplifies noise instead of converging")
+            fix = (f"use num_steps >= {needed} (the stability limit; more for accuracy)" if needed else
+                   "the observations are too precise for any step count: give them more noise")
+        else:
+            message = f"{name}: the analysis ensemble blew up"
+            fix = "use more num_steps (or clip=1000, or float64)"
+        if worst is not None:
+            message += (f"; the analysis spread reaches {growth[worst]:.3g} times the forecast spread at step "
+                        f"{worst + 1} (an analysis should narrow the ensemble)")
+        return (EnsembleWarning(f"{message}. The filtered means are not to be trusted: {fix}"),)
 
     def explain(self, problem, result, step) -> str:
         # a zero emission variance given as a parameter value is concrete only here
