@@ -223,6 +223,14 @@ class SSM:
 
         If the log-likelihood turns non-finite, EM stops with a ``RuntimeWarning`` and
         returns the last parameters whose log-likelihood was finite.
+        If EM stops raising the log-likelihood (changes at rounding level) while its
+        gradient is not small, an ``EMStallWarning`` (``ssmppl.learning.em``) says so:
+        in float32 the E-step's statistics can lose the precision the M-step needs;
+        enable float64 (``jax.config.update("jax_enable_x64", True)``) or continue
+        with ``fit_sgd``.
+
+        ``progress_bar``: a live bar in a terminal or notebook; elsewhere (logs, CI)
+        one line on stderr when the fit ends, and the fit runs as one compiled chunk.
 
         ``key``: needed by sampling backends (``EnKF``); their smoother then runs with
         this same key at every iteration (common random numbers), so EM climbs one
@@ -250,6 +258,9 @@ class SSM:
         If the loss or the parameters become non-finite (e.g. a learning rate too
         large), the fit stops with a ``RuntimeWarning``, returns the last parameters
         whose loss was finite and the losses up to there.
+
+        ``progress_bar``: a live bar in a terminal or notebook; elsewhere (logs, CI)
+        one line on stderr when the fit ends, and the fit runs as one compiled chunk.
         """
         from .learning.sgd import fit_sgd
 

@@ -282,8 +282,12 @@ def test_diverging_optimizer_stops_with_finite_params(x64, seed003):
 
 
 @pytest.mark.slow  # ~12 s; the chunking is also exercised by every default fit with its progress bar off
-def test_progress_bar_chunks_do_not_change_the_fit(x64, seed003, capsys):
-    """With a bar the fit runs as several compiled chunks; the result is the one-chunk fit's."""
+def test_progress_bar_chunks_do_not_change_the_fit(x64, seed003, capsys, monkeypatch):
+    """With a live bar (as in a terminal) the fit runs as several compiled chunks; the result is the
+    one-chunk fit's."""
+    from ssmppl.learning import progress
+
+    monkeypatch.setattr(progress, "interactive", lambda: True)
     ssm, _, ys, init = seed003
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tqdm's notebook-widget fallback warning, if any

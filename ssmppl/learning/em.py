@@ -25,7 +25,7 @@ from .._jit import StructuralKey, jit_by_arrays
 from ..inference.base import Backend, Capability, require_key
 from .expected_log_joint import cubature_points, expected_log_joint
 from .parameters import log_prior, split_frozen, to_constrained, to_unconstrained
-from .progress import CONVERGED, DIVERGED, RUNNING, chunk_size, run_in_chunks
+from .progress import CONVERGED, DIVERGED, RUNNING, chunk_size, progress_mode, run_in_chunks
 from .setup import Layout, prepare, tree_all_finite
 
 
@@ -255,8 +255,9 @@ def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol
     closed_form = carried if m_step != "generalised" else None
     if len(frozen) == len(sites):
         raise ValueError("every global site is frozen: nothing to fit")
+    mode = progress_mode(progress_bar)  # a live bar in terminals and notebooks only
     plan = _EMPlan(layout, method, frozen, closed_form, num_iters,
-                   None if tol is None else float(tol), chunk_size(num_iters, progress_bar), num_observed,
+                   None if tol is None else float(tol), chunk_size(num_iters, mode), num_observed,
                    m_step_iters, m_step_optimizer if m_step_optimizer in (None, "newton", "lbfgs")
                    else StructuralKey(m_step_optimizer))
     dtype = jnp.result_type(*full.values(), float)
@@ -268,7 +269,7 @@ def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol
     def run_chunk(state, start):
         return jit_by_arrays(_em_chunk, plan, state, jnp.asarray(start), args, kwargs)
 
-    state, lls = run_in_chunks(run_chunk, state, num_iters, progress_bar, "EM", lambda s: s[3],
+    state, lls = run_in_chunks(run_chunk, state, num_iters, mode, "EM", lambda s: s[3],
                                lambda v: f"log-lik {v:.4g}")
     params_out, _, _, status, count, _ = state
     lls = jnp.asarray(lls[: int(count)])

@@ -21,7 +21,7 @@ import optax
 from .._jit import StructuralKey, jit_by_arrays
 from ..inference.base import Backend, require_key
 from .parameters import log_prior, split_frozen, to_constrained, to_unconstrained
-from .progress import DIVERGED, RUNNING, chunk_size, run_in_chunks
+from .progress import DIVERGED, RUNNING, chunk_size, progress_mode, run_in_chunks
 from .setup import Layout, prepare, tree_all_finite
 
 
@@ -111,7 +111,8 @@ def fit_sgd(ssm, params, args, kwargs, optimizer=None, num_epochs=1000, method=N
                              f"got {batch_size!r}")
     require_key(method, key, "pass key=jax.random.PRNGKey(...) to fit_sgd")
     key = jax.random.PRNGKey(0) if key is None else key
-    plan = _SGDPlan(layout, method, StructuralKey(optimizer), frozen, num_epochs, batch_size, chunk_size(num_epochs, progress_bar),
+    mode = progress_mode(progress_bar)  # a live bar in terminals and notebooks only
+    plan = _SGDPlan(layout, method, StructuralKey(optimizer), frozen, num_epochs, batch_size, chunk_size(num_epochs, mode),
                     num_observed)
     free, fixed = split_frozen(full, frozen)
     u = to_unconstrained(free, sites)
@@ -120,7 +121,7 @@ def fit_sgd(ssm, params, args, kwargs, optimizer=None, num_epochs=1000, method=N
     def run_chunk(state, start):
         return jit_by_arrays(_sgd_chunk, plan, state, jnp.asarray(start), fixed, key, args, kwargs)
 
-    state, losses = run_in_chunks(run_chunk, state, num_epochs, progress_bar, "SGD", lambda s: s[3],
+    state, losses = run_in_chunks(run_chunk, state, num_epochs, mode, "SGD", lambda s: s[3],
                                   lambda v: f"loss {v:.4g}")
     u, _, good, status = state
     losses = jnp.asarray(losses)
