@@ -152,3 +152,20 @@ def test_ensf_too_few_reverse_steps_warns_naming_num_steps(x64):
     assert quiet == []
     error = lambda result: np.sqrt(np.mean((np.asarray(result.filtered_means) - kalman) ** 2))  # noqa: E731
     assert error(stable) < 0.3 and error(unstable) > 10 * error(stable)  # the warning was right
+
+
+def test_ensf_blown_up_analysis_warns_naming_the_step(x32):
+    """float32, an observation of 1e20 at step 4 (finite, but its square is not): the stability
+    condition holds (linear Gaussian emission), yet the analysis spread explodes at that step; the
+    warning names the step and the remedies."""
+    ssm, params, y, _, _ = _seed003()
+    y = np.asarray(y, np.float32).copy()
+    y[3, 1] = 1e20
+    result, flagged = _caught(lambda: ssm.filter(params, jnp.asarray(y), method=EnSF(20, num_steps=100),
+                                                 key=jax.random.PRNGKey(1)))
+    with np.errstate(divide="ignore", invalid="ignore"):  # later steps: the forecast of a blown-up ensemble
+        spread_growth = np.asarray(result.filtered_spread) / np.asarray(result.predicted_spread)
+    assert spread_growth[3] > 1e6 and np.all(spread_growth[:3] < 10)  # the blow-up is real, and at step 4
+    assert len(flagged) == 1
+    message = str(flagged[0].message)
+    assert "blew up" in message and "check the observations at step 4" in message and "clip=1000" in message

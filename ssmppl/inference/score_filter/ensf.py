@@ -265,7 +265,8 @@ class EnSF(Backend):
                    "the observations are too precise for any step count: give them more noise")
         else:
             message = f"{name}: the analysis ensemble blew up"
-            fix = "use more num_steps (or clip=1000, or float64)"
+            fix = (f"check the observations at step {worst + 1} (one far from the forecast makes a huge likelihood "
+                   "score), or use clip=1000 (as the reference code), more num_steps or float64")
         if worst is not None:
             message += (f"; the analysis spread reaches {growth[worst]:.3g} times the forecast spread at step "
                         f"{worst + 1} (an analysis should narrow the ensemble)")
