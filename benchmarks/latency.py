@@ -100,13 +100,16 @@ def fmt(stage):
 def run(args, report):
     from .latency_child import SCENARIOS
 
+    import ssmppl
+
     names = args.scenarios or list(SCENARIOS)
-    versions = [("after", None)] + ([("before", os.path.abspath(args.before))] if args.before else [])
+    # children import the ssmppl this process runs (the checkout under test), whatever is installed
+    versions = [("after", os.path.dirname(os.path.dirname(os.path.abspath(ssmppl.__file__))))] + ([("before", os.path.abspath(args.before))] if args.before else [])
     results = {}
     for name in names:
         size = SHORT.get(name, SIZES[name]) if args.short else SIZES[name]
         for impl in SCENARIOS[name]:
-            for label, path in (versions if impl.startswith("ssmppl") else [("", None)]):
+            for label, path in (versions if impl.startswith("ssmppl") else [("", versions[0][1])]):
                 key = (name, impl, label)
                 res = child(name, impl, size, path, args.timeout)
                 results[key] = res
