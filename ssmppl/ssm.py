@@ -12,7 +12,15 @@ from ._jit import jit_by_arrays
 from .inference import DEFAULT_BACKEND
 from .inference.base import Backend, Capability, require, require_key
 from .inference.validation import invalid_input_message, parameter_checks
-from .models.tracing import RelaxedValidation, ScanInterceptor, SiteNames, discover, trace_model, trace_state_space
+from .models.tracing import (
+    RelaxedValidation,
+    ScanInterceptor,
+    SiteNames,
+    discover,
+    state_columns,
+    trace_model,
+    trace_state_space,
+)
 
 
 def _is_concrete(x):
@@ -56,6 +64,16 @@ class SSM:
     def site_names(self, *args, **kwargs) -> SiteNames:
         """The state, emission, initial-state and global site names for these arguments."""
         return discover(self.model, args, kwargs, self.latent, self.obs)
+
+    def state_columns(self, *args, **kwargs) -> dict:
+        """Which columns of the flat state (``filtered_means[:, cols]`` etc.) hold what: {label: slice}.
+
+        A carry that is the latent site itself gives ``{latent: slice(0, dz)}``. A tuple (pytree)
+        carry such as ``(z, z_prev)`` for an AR(2) is stacked: its leaves, flattened, are
+        concatenated in ``jax.tree.leaves`` order, the latent site's leaf under its name and the
+        others as ``"carry" + key path``, e.g. ``{"z": slice(0, 1), "carry[1]": slice(1, 2)}``.
+        """
+        return state_columns(self.model, args, kwargs, self.latent, self.obs)
 
     def state_space(self, params, *args, **kwargs):
         """The ``StateSpace`` handed to backends (call inside jit for speed)."""
