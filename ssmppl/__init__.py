@@ -9,6 +9,7 @@ from .cpu_threads import limit_cpu_threads
 CPU_THREAD_SETTINGS = limit_cpu_threads()
 
 from . import diagnostics, inference, models  # noqa: E402
+from .compilation_cache import enable_compilation_cache  # noqa: E402
 from .errors import ModelStructureError, ObservationShapeError  # noqa: E402
 from .inference import (EKF, UKF, AuxiliaryPF, BootstrapPF, EnKF, EnSF, GaussHermite, GuidedPF, Kalman,  # noqa: E402
                         Localization, MomentMatching)
@@ -19,4 +20,4 @@ __version__ = "0.1.0"
 
 __all__ = ["SSM", "marginalize", "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "BootstrapPF", "GuidedPF",
            "AuxiliaryPF", "EnKF", "EnSF", "Localization", "diagnostics", "inference", "models", "ModelStructureError",
-           "ObservationShapeError"]
+           "ObservationShapeError", "enable_compilation_cache"]

@@ -12,11 +12,18 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help="simulate, smooth, forecast, fit (EM, SGD) and sample (NUTS) the seed-003 linear Gaussian SSM; write figures")
     demo.add_argument("--out", default="demo_out", help="folder for the figure (default: demo_out)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-cache", action="store_true",
+                      help="do not use the persistent compilation cache (default: compiled programs are kept in "
+                           "$SSMPPL_CACHE_DIR or ~/.cache/ssmppl/jax, so a second run compiles nothing it compiled before)")
     args = parser.parse_args(argv)
 
     if args.command == "demo":
         from .demo import run_demo
 
+        if not args.no_cache:
+            from .compilation_cache import enable_compilation_cache
+
+            print(f"compilation cache: {enable_compilation_cache()} (--no-cache to run without)")
         print("ssmppl demo: linear Gaussian SSM, 2-d state, 10-d emissions, T=100, 50-step forecast")
         result = run_demo(args.out, seed=args.seed, progress_bar=True)
         print(f"marginal log-likelihood (Kalman, true parameters): {result['marginal_loglik']:.4f}")

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 
-from ._jit import jit_by_arrays
+from ._jit import jit_by_arrays, traced_floats
 from .inference import DEFAULT_BACKEND
 from .inference.base import Backend, Capability, require, require_key
 from .inference.validation import invalid_input_message, parameter_checks
@@ -60,6 +60,17 @@ class SSM:
     def __repr__(self):
         return f"SSM({getattr(self.model, '__name__', self.model)!r})"
 
+    # Two SSMs of the same model function and site names are the same program: compiled functions
+    # are keyed on the SSM, so ``SSM(model)`` built anew in each call still reuses them.
+    def _identity(self):
+        return (self.model, self.latent, self.obs)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self._identity() == other._identity()
+
+    def __hash__(self):
+        return hash(self._identity())
+
     # -- structure -----------------------------------------------------------
     def site_names(self, *args, **kwargs) -> SiteNames:
         """The state, emission, initial-state and global site names for these arguments."""
@@ -98,7 +109,7 @@ class SSM:
         Call with the observations left ``None`` (e.g. ``ssm.sample(key, params, T=100)``);
         global sample sites missing from ``params`` are drawn from their priors.
         """
-        return jit_by_arrays(self._sample, key, params, *args, **kwargs)
+        return jit_by_arrays(SSM._sample, self, key, traced_floats(params), *args, **kwargs)
 
     def _sample(self, key, params, *args, **kwargs):
         names = self.site_names(*args, **kwargs)
@@ -114,7 +125,7 @@ class SSM:
         (T, dz, dz)``, ``predicted_means``, ``predicted_covariances`` and, for backends with a
         likelihood, ``marginal_loglik`` and ``log_predictive (T,)``."""
         _checked(method, key)
-        result, checks = jit_by_arrays(self._filter, method, key, params, *args, **kwargs)
+        result, checks = jit_by_arrays(SSM._filter, self, method, key, traced_floats(params), *args, **kwargs)
         self._raise_if_unusable(method, result, checks, params, args, kwargs)
         return result
 
@@ -128,7 +139,7 @@ class SSM:
         ``smoothed_cross_covariances (T-1, dz, dz)`` (Cov[z_t, z_{t+1} | y]) and the smoothed
         initial state."""
         _checked(method, key, (Capability.SMOOTH,), "ssm.smooth")
-        result, checks = jit_by_arrays(self._smooth, method, key, params, *args, **kwargs)
+        result, checks = jit_by_arrays(SSM._smooth, self, method, key, traced_floats(params), *args, **kwargs)
         self._raise_if_unusable(method, result, checks, params, args, kwargs)
         return result
 
@@ -139,7 +150,8 @@ class SSM:
     def log_likelihood(self, params, *args, method: Backend = DEFAULT_BACKEND, key=None, **kwargs):
         """log p(y_{1:T} | params), the latent path integrated out (an estimate for sampling backends)."""
         _checked(method, key, (Capability.LIKELIHOOD,), "ssm.log_likelihood")
-        ll, checks = jit_by_arrays(self._log_likelihood, method, key, params, *args, **kwargs)
+        ll, checks = jit_by_arrays(SSM._log_likelihood, self, method, key, traced_floats(params), *args,
+                                   **kwargs)
         if _is_concrete(ll):
             self._raise_if_invalid(checks)
             if not bool(jnp.isfinite(ll)):  # explain it from the filter
@@ -175,7 +187,7 @@ class SSM:
         _checked(method, key, (Capability.FORECAST,), "ssm.forecast")
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-        return jit_by_arrays(self._forecast, method, key, num_steps, params, *args, **kwargs)
+        return jit_by_arrays(SSM._forecast, self, method, key, num_steps, traced_floats(params), *args, **kwargs)
 
     def _forecast(self, method, key, num_steps, params, *args, **kwargs):
         problem = self.state_space(params, *args, **kwargs)
@@ -190,7 +202,8 @@ class SSM:
         E[y_t | y_{1:T}] and sd[y_t | y_{1:T}] (emission noise included)."""
         _checked(method, key, (Capability.SMOOTH, Capability.POSTERIOR_PREDICTIVE),
                  "ssm.posterior_predictive")
-        return jit_by_arrays(self._posterior_predictive, method, key, params, *args, **kwargs)
+        return jit_by_arrays(SSM._posterior_predictive, self, method, key, traced_floats(params), *args,
+                             **kwargs)
 
     def _posterior_predictive(self, method, key, params, *args, **kwargs):
         problem = self.state_space(params, *args, **kwargs)
@@ -258,6 +271,40 @@ class SSM:
                        batch_size=batch_size, key=key,
                        progress_bar=progress_bar)
 
+    def fit_mle(self, params, *args, method: Backend = DEFAULT_BACKEND, frozen=(), max_iters: int = 200,
+                gtol: Optional[float] = None, memory_size: int = 10, max_linesearch_steps: int = 20, key=None,
+                **kwargs):
+        """Maximum likelihood by L-BFGS, with standard errors; returns a
+        ``ssmppl.learning.mle.MLEResult`` (``params``, ``log_likelihood``, ``num_iters``,
+        ``converged``, ``stderr``, ``covariance``, ``summary()``).
+
+        For models with few global sites (variances, a few coefficients): quasi-Newton
+        (``optax.lbfgs`` with its zoom line search) in the unconstrained space of the
+        sites' constraints, one compiled ``lax.while_loop`` until the largest
+        |gradient| of the per-observation negative log-likelihood is <= ``gtol``
+        (default 1e-6 in float64, 1e-4 in float32) or ``max_iters``. The objective is
+        log p(y | params) alone: the log prior of global ``numpyro.sample`` sites is
+        not added (they are treated as parameters with their support as constraint),
+        unlike ``fit_em`` / ``fit_sgd`` which maximise the posterior density.
+
+        ``params``: starting values (missing ``numpyro.param`` sites take their initial
+        values). Batched data (B, T, dy) and ``frozen`` as in ``fit_sgd``. Standard
+        errors come from the observed information: the Hessian H of the negative
+        log-likelihood in the unconstrained space (``jax.hessian``), inverted, mapped
+        to the constrained parameters by the delta method, J H^-1 J^T with J the
+        Jacobian of the transform (equal, at the optimum, to statsmodels'
+        ``cov_type='oim'``). A ``RuntimeWarning`` is raised if the fit stops without
+        converging or H is not positive definite (standard errors then NaN).
+
+        The fit compiles once per model, backend, settings and data shape: new data
+        of the same shape or new starting values reuse the compiled program.
+        """
+        from .learning.mle import fit_mle
+
+        require(method, Capability.LIKELIHOOD, needed_by="fit_mle")
+        return fit_mle(self, params, args, kwargs, method=method, frozen=frozen, max_iters=max_iters, gtol=gtol,
+                       memory_size=memory_size, max_linesearch_steps=max_linesearch_steps, key=key)
+
     # -- Bayesian inference --------------------------------------------------
     def sample_posterior(self, key, *args, num_warmup: int = 1000, num_samples: int = 1000, num_chains: int = 4,
                          method: Optional[Backend] = DEFAULT_BACKEND, backend: str = "numpyro",
@@ -270,11 +317,14 @@ class SSM:
         ``method``: the backend integrating the latent path out (``ssmppl.marginalize``),
         so NUTS moves in the parameters only; ``None`` samples parameters and path
         jointly (plain NUTS on the model, missing observations masked).
-        ``backend``: "numpyro" (``numpyro.infer.NUTS``) or "blackjax" (``blackjax.nuts``
-        after ``blackjax.window_adaptation``, on the same log density).
-        ``chain_method``: "vectorized" (chains vmapped on one device), "sequential",
-        or "parallel" (numpyro: one chain per device; blackjax: chains sharded over
-        devices). ``init_params``: {site: value} to start every chain from (NUTS; by default
+        ``backend``: "numpyro" (NumPyro's NUTS kernel, ``numpyro.infer.hmc.hmc``, with its
+        warm-up adaptation) or "blackjax" (``blackjax.nuts`` after
+        ``blackjax.window_adaptation``), on the same log density. Either way all chains run
+        in one compiled program, cached by model, backend, settings and argument shapes: a
+        second call with new data, keys or initial values of the same shapes only samples.
+        ``chain_method``: "vectorized" (chains vmapped), "sequential" (``lax.map`` over
+        chains: less memory) or "parallel" (chains sharded over the available devices by
+        ``jax.sharding``; one device: as "vectorized"). ``init_params``: {site: value} to start every chain from (NUTS; by default
         NumPyro's uniform(-2, 2) in the unconstrained space, which is far from the mass
         for sharp likelihoods such as a chaotic model's). ``params``: values of global
         sites held fixed (``numpyro.param`` sites, which are always fixed, default to their

@@ -8,13 +8,16 @@ Draws come back as a ``Posterior`` with ArviZ-named sampler statistics.
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .model_setup import chain_sharding, sampler_model, sampler_setup, split_draws
+from .._jit import jit_by_arrays, traced_floats
+from .model_setup import SamplerSetup, chain_sharding, sampler_model, sampler_setup, split_draws
 from .pmmh import pmmh_draws
 from .posterior import Posterior
 
@@ -30,91 +33,117 @@ def _tree_depth(n_steps):
     return np.floor(np.log2(np.maximum(np.asarray(n_steps), 1))).astype(np.int64) + 1
 
 
-def _init_strategy(init_params):
+def _init_strategy(init_values):
     from numpyro.infer import init_to_uniform, init_to_value
 
-    return init_to_uniform if not init_params else init_to_value(values=dict(init_params))
+    return init_to_uniform if not init_values else init_to_value(values=dict(init_values))
 
 
-def _run_numpyro(model, key, args, kwargs, num_warmup, num_samples, num_chains, chain_method, progress_bar,
-                 target_accept_prob, dense_mass, max_tree_depth, init_params=None):
-    from numpyro.infer import MCMC, NUTS
+def _numpyro_chain(model, key, init_values, args, kwargs, num_warmup, num_samples, target_accept_prob, dense_mass,
+                   max_tree_depth):
+    """One NumPyro NUTS chain (``numpyro.infer.hmc``'s kernel, the one ``numpyro.infer.NUTS`` runs,
+    with its step-size and mass-matrix adaptation): (constrained draws, statistics)."""
+    from numpyro.infer.hmc import hmc
+    from numpyro.infer.util import initialize_model
 
-    kernel = NUTS(model, target_accept_prob=target_accept_prob, dense_mass=dense_mass, max_tree_depth=max_tree_depth,
-                  init_strategy=_init_strategy(init_params))
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method=chain_method, progress_bar=progress_bar)
-    with warnings.catch_warnings():
-        # NumPyro warns when chains outnumber devices under chain_method="parallel"; it then runs them in turn.
-        warnings.filterwarnings("ignore", message="There are not enough devices")
-        mcmc.run(key, *args, extra_fields=("diverging", "num_steps", "energy", "accept_prob", "adapt_state.step_size",
-                                           "potential_energy"), **kwargs)
-    draws = mcmc.get_samples(group_by_chain=True)
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    stats = {
-        "diverging": np.asarray(extra["diverging"]),
-        "n_steps": np.asarray(extra["num_steps"]),
-        "tree_depth": _tree_depth(extra["num_steps"]),
-        "step_size": np.asarray(extra["adapt_state.step_size"]),
-        "energy": np.asarray(extra["energy"]),
-        "acceptance_rate": np.asarray(extra["accept_prob"]),
-        "lp": -np.asarray(extra["potential_energy"]),
-    }
-    return draws, stats
+    k_init, k_run = jax.random.split(key)
+    info = initialize_model(k_init, model, model_args=args, model_kwargs=kwargs, dynamic_args=True,
+                            init_strategy=_init_strategy(init_values))
+    init_kernel, sample_kernel = hmc(potential_fn_gen=info.potential_fn, algo="NUTS")
+    state = init_kernel(info.param_info, num_warmup, dense_mass=dense_mass, target_accept_prob=target_accept_prob,
+                        max_tree_depth=max_tree_depth, model_args=args, model_kwargs=kwargs, rng_key=k_run)
+    state = lax.fori_loop(0, num_warmup, lambda _, s: sample_kernel(s, model_args=args, model_kwargs=kwargs), state)
+
+    def draw(s, _):
+        s = sample_kernel(s, model_args=args, model_kwargs=kwargs)
+        return s, (s.z, s.diverging, s.num_steps, s.energy, s.accept_prob, s.adapt_state.step_size,
+                   -s.potential_energy)
+
+    _, (z, diverging, n_steps, energy, accept, step_size, lp) = lax.scan(draw, state, None, length=num_samples)
+    constrained = jax.vmap(info.postprocess_fn(*args, **kwargs))(z)
+    stats = {"diverging": diverging, "n_steps": n_steps, "energy": energy, "acceptance_rate": accept,
+             "step_size": step_size, "lp": lp}
+    return constrained, stats
 
 
-def _run_blackjax(model, key, args, kwargs, num_warmup, num_samples, num_chains, chain_method, progress_bar,
-                  target_accept_prob, dense_mass, max_tree_depth, init_params=None):
+def _blackjax_chain(model, key, init_values, args, kwargs, num_warmup, num_samples, target_accept_prob, dense_mass,
+                    max_tree_depth):
+    """One blackjax chain: ``window_adaptation`` then ``nuts`` steps on the same log density."""
     import blackjax
     from blackjax.adaptation.base import get_filter_adapt_info_fn
     from numpyro.infer.util import initialize_model
 
-    k_init, k_run = jax.random.split(key)
-    info = initialize_model(jax.random.split(k_init, num_chains), model, model_args=args, model_kwargs=kwargs,
-                            dynamic_args=False, init_strategy=_init_strategy(init_params))
-    potential_fn, postprocess_fn = info.potential_fn, info.postprocess_fn
-    positions = info.param_info.z
+    k_init, k_warm, k_draw = jax.random.split(key, 3)
+    info = initialize_model(k_init, model, model_args=args, model_kwargs=kwargs, dynamic_args=True,
+                            init_strategy=_init_strategy(init_values))
+    potential_fn = info.potential_fn(*args, **kwargs)
+    logdensity = lambda z: -potential_fn(z)  # noqa: E731
+    warmup = blackjax.window_adaptation(blackjax.nuts, logdensity, is_mass_matrix_diagonal=not dense_mass,
+                                        target_acceptance_rate=target_accept_prob,
+                                        adaptation_info_fn=get_filter_adapt_info_fn(),
+                                        max_num_doublings=max_tree_depth)
+    (state, parameters), _ = warmup.run(k_warm, info.param_info.z, num_steps=num_warmup)
+    kernel = blackjax.nuts(logdensity, **{**parameters, "max_num_doublings": max_tree_depth}).step
 
-    def one_chain(key, position):
-        logdensity = lambda z: -potential_fn(z)
-        k_warm, k_draw = jax.random.split(key)
-        warmup = blackjax.window_adaptation(blackjax.nuts, logdensity, is_mass_matrix_diagonal=not dense_mass,
-                                            target_acceptance_rate=target_accept_prob,
-                                            adaptation_info_fn=get_filter_adapt_info_fn(),
-                                            max_num_doublings=max_tree_depth)
-        (state, parameters), _ = warmup.run(k_warm, position, num_steps=num_warmup)
-        kernel = blackjax.nuts(logdensity, **{**parameters, "max_num_doublings": max_tree_depth}).step
+    def draw(state, k):
+        state, nuts_info = kernel(k, state)
+        return state, (state.position, state.logdensity, nuts_info.is_divergent,
+                       nuts_info.num_trajectory_expansions, nuts_info.num_integration_steps,
+                       nuts_info.energy, nuts_info.acceptance_rate)
 
-        def step(state, k):
-            state, nuts_info = kernel(k, state)
-            return state, (state.position, state.logdensity, nuts_info.is_divergent,
-                           nuts_info.num_trajectory_expansions, nuts_info.num_integration_steps,
-                           nuts_info.energy, nuts_info.acceptance_rate)
+    _, (z, lp, diverging, depth, n_steps, energy, accept) = lax.scan(draw, state,
+                                                                     jax.random.split(k_draw, num_samples))
+    constrained = jax.vmap(info.postprocess_fn(*args, **kwargs))(z)
+    stats = {"diverging": diverging, "n_steps": n_steps, "tree_depth": depth, "energy": energy,
+             "acceptance_rate": accept, "step_size": jnp.broadcast_to(parameters["step_size"], diverging.shape),
+             "lp": lp}
+    return constrained, stats
 
-        _, out = lax.scan(step, state, jax.random.split(k_draw, num_samples))
-        constrained = jax.vmap(postprocess_fn)(out[0])
-        return constrained, out[1:], parameters["step_size"]
 
-    keys = jax.random.split(k_run, num_chains)
+_CHAIN = {"numpyro": _numpyro_chain, "blackjax": _blackjax_chain}
+
+
+def _chains(ssm, method, names, inferred, conditioned, fixed, keys, init_values, args, kwargs, backend, num_warmup,
+            num_samples, chain_method, target_accept_prob, dense_mass, max_tree_depth):
+    """Every chain, warm-up and draws, in one program (through ``jit_by_arrays``: data, fixed
+    values, keys and initial values are traced, so a second call on the same model, backend and
+    settings runs without compiling). Returns ({site: (C, D, ...)}, {statistic: (C, D)})."""
+    setup = SamplerSetup(names=names, inferred=inferred, fixed=fixed, conditioned=conditioned)
+    model = sampler_model(ssm, setup, method)
+    run_one = _CHAIN[backend]
+
+    def one(key):
+        return run_one(model, key, init_values, args, kwargs, num_warmup, num_samples, target_accept_prob,
+                       dense_mass, max_tree_depth)
+
     if chain_method == "sequential":
-        run = jax.jit(lambda keys, pos: lax.map(lambda kp: one_chain(*kp), (keys, pos)))
-    else:
-        run = jax.jit(jax.vmap(one_chain))
-        sharding = chain_sharding(num_chains) if chain_method == "parallel" else None
+        return lax.map(one, keys)
+    return jax.vmap(one)(keys)
+
+
+def _run(ssm, key, setup, method, args, kwargs, backend, num_warmup, num_samples, num_chains, chain_method,
+         progress_bar, target_accept_prob, dense_mass, max_tree_depth, init_params):
+    keys = jax.random.split(key, num_chains)
+    if chain_method == "parallel":
+        sharding = chain_sharding(num_chains)
         if sharding is not None:
-            keys, positions = jax.device_put((keys, positions), sharding)
+            keys = jax.device_put(keys, sharding)
     if progress_bar:
-        print(f"blackjax NUTS: {num_chains} chain(s), {num_warmup} warmup + {num_samples} draws ...", flush=True)
-    draws, (lp, diverging, depth, n_steps, energy, accept), step_size = run(keys, positions)
-    stats = {
-        "diverging": np.asarray(diverging),
-        "n_steps": np.asarray(n_steps),
-        "tree_depth": np.asarray(depth),
-        "step_size": np.broadcast_to(np.asarray(step_size)[:, None], np.shape(diverging)).copy(),
-        "energy": np.asarray(energy),
-        "acceptance_rate": np.asarray(accept),
-        "lp": np.asarray(lp),
-    }
+        # One line per run: a live bar needs a host callback in every step, which slowed sampling.
+        print(f"{backend} NUTS: {num_chains} chain(s) x ({num_warmup} warmup + {num_samples} draws) ...",
+              end=" ", flush=True)
+    start = time.perf_counter()
+    draws, stats = jit_by_arrays(
+        _chains, ssm, method, setup.names, tuple(setup.inferred), tuple(setup.conditioned),
+        traced_floats(dict(setup.fixed)), keys, traced_floats(dict(init_params or {})), tuple(args), dict(kwargs),
+        backend, num_warmup, num_samples, chain_method, float(target_accept_prob), bool(dense_mass),
+        int(max_tree_depth))
+    draws = jax.block_until_ready(draws)
+    if progress_bar:
+        print(f"done in {time.perf_counter() - start:.1f} s", flush=True)
+    stats = {k: np.asarray(v) for k, v in stats.items()}
+    if "tree_depth" not in stats:
+        stats["tree_depth"] = _tree_depth(stats["n_steps"])
     return draws, stats
 
 
@@ -154,10 +183,8 @@ def sample_posterior(ssm, key, args, kwargs, num_warmup=1000, num_samples=1000, 
                                            num_chains, chain_method, progress_bar, target_accept_prob, dense_mass,
                                            max_tree_depth)
     else:
-        model = sampler_model(ssm, setup, method)
-        run = _run_numpyro if backend == "numpyro" else _run_blackjax
-        draws, stats = run(model, key, args, kwargs, num_warmup, num_samples, num_chains, chain_method,
-                           progress_bar, target_accept_prob, dense_mass, max_tree_depth, init_params)
+        draws, stats = _run(ssm, key, setup, method, args, kwargs, backend, num_warmup, num_samples, num_chains,
+                            chain_method, progress_bar, target_accept_prob, dense_mass, max_tree_depth, init_params)
         sampler = f"{backend} NUTS, " + (f"marginalised by {type(method).__name__}" if method is not None else
                                          "joint")
     samples, deterministic, states = split_draws(draws, setup, method)

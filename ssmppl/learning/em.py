@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from .._jit import jit_by_arrays
+from .._jit import StructuralKey, jit_by_arrays
 from ..inference.base import Backend, require_key
 from .expected_log_joint import cubature_points, expected_log_joint
 from .parameters import log_prior, split_frozen, to_constrained, to_unconstrained
@@ -39,7 +39,7 @@ class _EMPlan:
     chunk: int
     num_observed: int
     m_step_iters: int
-    m_step_optimizer: Any
+    m_step_optimizer: Any  # None, "newton", "lbfgs" or a StructuralKey of an optax optimiser
 
 
 def _e_step(plan, params, args, kwargs, key):
@@ -126,6 +126,8 @@ def _generalised_mstep(plan, params, points, args, kwargs):
 
     u0 = to_unconstrained(free, sites)
     optimizer = plan.m_step_optimizer
+    if isinstance(optimizer, StructuralKey):
+        optimizer = optimizer.obj
     if optimizer is None:
         size = sum(jnp.size(x) for x in jax.tree.leaves(u0))
         optimizer = "newton" if size <= _NEWTON_MAX_SIZE else "lbfgs"
@@ -203,7 +205,8 @@ def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol
         raise ValueError("every global site is frozen: nothing to fit")
     plan = _EMPlan(layout, method, frozen, closed_form, num_iters,
                    None if tol is None else float(tol), chunk_size(num_iters, progress_bar), num_observed,
-                   m_step_iters, m_step_optimizer)
+                   m_step_iters, m_step_optimizer if m_step_optimizer in (None, "newton", "lbfgs")
+                   else StructuralKey(m_step_optimizer))
     dtype = jnp.result_type(*full.values(), float)
     # A sampling backend's smoother runs with the same key every iteration (common random numbers):
     # EM then climbs one fixed surrogate of the likelihood instead of a noisy one.

@@ -8,7 +8,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from .._jit import jit_by_arrays
+from .._jit import jit_by_arrays, traced_floats
 from .batching import find_batch, map_sequences, take_sequences
 from .parameters import check_frozen, complete_params, global_sites
 
@@ -17,7 +17,7 @@ from .parameters import check_frozen, complete_params, global_sites
 class Layout:
     """Static description of the data: which argument leaves are split per sequence."""
 
-    ssm: object  # the SSM (hashed by identity)
+    ssm: object  # the SSM (equal for the same model function and site names)
     flags: Optional[tuple]  # per flattened (args, kwargs) leaf; None = one sequence
     num_sequences: int
 
@@ -46,7 +46,7 @@ def prepare(ssm, params, args, kwargs, frozen, method):
     names = ssm.site_names(*a, **k)
     sites, initial = global_sites(ssm.model, a, k, names, ssm.latent, ssm.obs)
     frozen = check_frozen(frozen, sites)
-    full = complete_params(params, sites, initial)
+    full = traced_floats(complete_params(params, sites, initial))
     num_observed = int(jit_by_arrays(_observed_count, layout, full, args, kwargs))
     if num_observed == 0:
         raise ValueError(f"no observations: the emission site {names.obs!r} is unobserved or all NaN; "

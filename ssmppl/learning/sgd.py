@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from .._jit import jit_by_arrays
+from .._jit import StructuralKey, jit_by_arrays
 from ..inference.base import Backend, require_key
 from .parameters import log_prior, split_frozen, to_constrained, to_unconstrained
 from .progress import DIVERGED, RUNNING, chunk_size, run_in_chunks
@@ -29,7 +29,7 @@ from .setup import Layout, prepare, tree_all_finite
 class _SGDPlan:
     layout: Layout
     method: Backend
-    optimizer: Any
+    optimizer: StructuralKey  # an equal optimiser (same kind and hyperparameters) reuses the compilation
     frozen: tuple
     num_epochs: int
     batch_size: Optional[int]
@@ -71,7 +71,7 @@ def _epoch(plan, state, epoch, fixed, key, args, kwargs):
         index = None if plan.batch_size is None else index
         loss, grad = jax.value_and_grad(_loss, argnums=1)(plan, u, fixed, index, jax.random.fold_in(loss_key, j),
                                                           args, kwargs)
-        updates, opt_state = plan.optimizer.update(grad, opt_state, u)
+        updates, opt_state = plan.optimizer.obj.update(grad, opt_state, u)
         return (optax.apply_updates(u, updates), opt_state), loss
 
     (u_new, opt_new), losses = jax.lax.scan(step, (u, opt_state), (batches, jnp.arange(batches.shape[0])))
@@ -111,7 +111,7 @@ def fit_sgd(ssm, params, args, kwargs, optimizer=None, num_epochs=1000, method=N
                              f"got {batch_size!r}")
     require_key(method, key, "pass key=jax.random.PRNGKey(...) to fit_sgd")
     key = jax.random.PRNGKey(0) if key is None else key
-    plan = _SGDPlan(layout, method, optimizer, frozen, num_epochs, batch_size, chunk_size(num_epochs, progress_bar),
+    plan = _SGDPlan(layout, method, StructuralKey(optimizer), frozen, num_epochs, batch_size, chunk_size(num_epochs, progress_bar),
                     num_observed)
     free, fixed = split_frozen(full, frozen)
     u = to_unconstrained(free, sites)
