@@ -104,10 +104,16 @@ class SSM:
         return {k: interceptor.outer_sites[k]["value"] for k in names.globals}
 
     def sample(self, key, params, *args, **kwargs):
-        """Simulate ``(states (T, dz), emissions (T, dy))``.
+        """Simulate ``(states, emissions)`` in the model's own shapes: the latent site's values
+        ``(T, *state_shape)`` and the emission site's ``(T, *obs_shape)``, e.g. ``(T,)`` and ``(T,)``
+        for a scalar state and observation, ``(T, dz)`` and ``(T, dy)`` for vector sites (as
+        NumPyro's ``Predictive`` returns them). The emissions can be passed back as the
+        observations: ``ssm.log_likelihood(params, ssm.sample(key, params, T=100)[1])``.
 
         Call with the observations left ``None`` (e.g. ``ssm.sample(key, params, T=100)``);
-        global sample sites missing from ``params`` are drawn from their priors.
+        global sample sites missing from ``params`` are drawn from their priors. For a tuple
+        (pytree) carry the states are the latent site's values, the columns
+        ``ssm.state_columns(...)[latent]`` of the stacked state that the filters return.
         """
         return jit_by_arrays(SSM._sample, self, key, traced_floats(params), *args, **kwargs)
 
@@ -115,9 +121,9 @@ class SSM:
         names = self.site_names(*args, **kwargs)
         model = handlers.substitute(handlers.seed(self.model, key), data=dict(params or {}))
         tr = handlers.trace(RelaxedValidation(model)).get_trace(*args, **kwargs)  # zero variances allowed
-        states, emissions = tr[names.latent]["value"], tr[names.obs]["value"]
-        T = states.shape[0]
-        return states.reshape(T, -1), emissions.reshape(T, -1)
+        # The model's own shapes (not flattened to (T, d)), so that sample -> log_likelihood round-trips:
+        # the emission site of a scalar-observation model checks for (T,).
+        return tr[names.latent]["value"], tr[names.obs]["value"]
 
     # -- filtering and smoothing ---------------------------------------------
     def filter(self, params, *args, method: Backend = DEFAULT_BACKEND, key=None, **kwargs):

@@ -348,6 +348,7 @@ class ScanInterceptor(RelaxedValidation):
         self.found = None  # SiteNames once the scan has been seen
         self.layout = None  # CarryLayout once the scan has been seen
         self.initial_placeholder = None  # the initial-state site's value in the model
+        self.emission_observed = None  # whether the scan's emission site has obs= values (first step)
         super().__init__(fn)
 
     def process_message(self, msg):
@@ -387,6 +388,7 @@ class ScanInterceptor(RelaxedValidation):
                                           [jnp.zeros_like(a) if j == init_leaf else a for j, a in enumerate(leaves)])
         latent, obs, probe = _discover_body(f, init, xs, self.latent, self.obs)
         self.layout = CarryLayout.of(f, init, _first(xs), latent, probe)
+        self.emission_observed = bool(probe[0][obs]["is_observed"])
         if self.names is not None:
             init_site = [self.names.init] if self.names.init is not None else []
         else:
@@ -696,6 +698,12 @@ def build_state_space(f, init, xs, T, names: SiteNames, initial, layout: Optiona
 
 def discover(model, args, kwargs, latent=None, obs=None) -> SiteNames:
     """Site names of a state-space model (one probe run, the scan body run once)."""
+    return discover_observed(model, args, kwargs, latent, obs)[0]
+
+
+def discover_observed(model, args, kwargs, latent=None, obs=None):
+    """``(SiteNames, observed)``: ``discover``'s site names and whether the emission site has
+    observations in this call (``obs=`` not None in the scan's first step)."""
     interceptor = ScanInterceptor(latent=latent, obs=obs)
     with handlers.seed(rng_seed=0), interceptor:
         model(*args, **kwargs)
@@ -710,8 +718,8 @@ def discover(model, args, kwargs, latent=None, obs=None) -> SiteNames:
         again = ScanInterceptor(latent=latent, obs=obs)
         with jax.ensure_compile_time_eval(), handlers.block(), handlers.seed(rng_seed=0), again:
             model(*args, **kwargs)
-        return again.found
-    return interceptor.found
+        return again.found, again.emission_observed
+    return interceptor.found, interceptor.emission_observed
 
 
 def state_columns(model, args, kwargs, latent=None, obs=None) -> dict:
