@@ -97,10 +97,27 @@ def test_ar2_tuple_carry_matches_joint_gaussian(x64, initial):
     np.testing.assert_allclose(sm.filtered_means[:, 0], filtered, atol=1e-9)
     # the second column is the previous state: E[z_{t-1} | y] under the smoother
     np.testing.assert_allclose(sm.smoothed_means[1:, 1], smoothed[:-1], atol=1e-9)
-    # other Gaussian backends read the same stacked model
+
+
+def test_ar2_tuple_carry_other_gaussian_backends(x64):
+    """UKF and the parallel-in-time Kalman filter read the same stacked model (zero-variance lag)."""
+    y = simulate()
+    ssm = SSM(ar2)
+    ll, _, _ = oracle(y, P_INIT)
     np.testing.assert_allclose(float(ssm.log_likelihood(None, jnp.asarray(y), method=UKF())), ll, rtol=1e-9)
     np.testing.assert_allclose(float(ssm.log_likelihood(None, jnp.asarray(y), method=Kalman(parallel=True))), ll,
                                rtol=1e-9)
+
+
+def test_ar2_tuple_carry_float32(x32):
+    """JAX's default float32 (the square-root Kalman filter) on the stacked, singular-noise state:
+    finite and within float32 rounding of the float64 oracle."""
+    y = simulate()
+    ll, smoothed, _ = oracle(y, P_INIT)
+    sm = SSM(ar2).smooth(None, jnp.asarray(y, jnp.float32))
+    assert sm.smoothed_means.dtype == jnp.float32
+    np.testing.assert_allclose(float(sm.marginal_loglik), ll, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(sm.smoothed_means[:, 0]), smoothed, atol=1e-3)
 
 
 def test_ar2_tuple_carry_with_explicit_latent_name(x64):
