@@ -298,8 +298,8 @@ class SSM:
         errors come from the observed information: the Hessian H of the negative
         log-likelihood in the unconstrained space (``jax.hessian``), inverted, mapped
         to the constrained parameters by the delta method, J H^-1 J^T with J the
-        Jacobian of the transform (equal, at the optimum, to statsmodels'
-        ``cov_type='oim'``). A ``RuntimeWarning`` is raised if the fit stops without
+        Jacobian of the transform (statsmodels' ``cov_type='approx'``, a numerical
+        Hessian; its ``'oim'`` uses Harvey's analytic information instead). A ``RuntimeWarning`` is raised if the fit stops without
         converging or H is not positive definite (standard errors then NaN).
 
         The fit compiles once per model, backend, settings and data shape: new data
