@@ -1,4 +1,7 @@
-"""The seed-003 workflow on a linear Gaussian SSM: simulate, smooth, forecast, plot."""
+"""The demo workflow on a linear Gaussian SSM, a 2-d rotating state observed through 10 noisy
+channels (T = 100): simulate, smooth, forecast, fit, sample the posterior, plot.
+
+(``seed003_*`` names the model after the project's seed task that defined it.)"""
 
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def seed003_params(key):
 
 
 def seed003_bayesian_model(H):
-    """Seed 003's model with priors, as a NumPyro program: the emission matrix H
+    """The demo's model (a 2-d rotating state, 10 noisy channels) with priors, as a NumPyro program: the emission matrix H
     (dy, 2) is known; the dynamics F (2 x 2) and the noise scales q, r
     (Q = q^2 I, R = r^2 I) get priors. With H known (full column rank) F, q and r
     are identifiable; with H unknown only similarity invariants of (F, H) would be.
@@ -122,7 +125,8 @@ def run_demo(out_dir: str, num_timesteps: int = 100, num_forecast: int = 50, see
              num_hmc_samples: int = 500, num_chains: int = 4, progress_bar: bool = False) -> dict:
     """Run the demo, write figures into ``out_dir``; return the numbers.
 
-    Simulates seed 003's model, smooths and forecasts under the true parameters,
+    Simulates the demo's model (a 2-d state rotating by pi/20 per step, F = 0.99 x rotation,
+    observed through 10 noisy channels y = H z + noise, T = ``num_timesteps``), smooths and forecasts under the true parameters,
     then fits the model from a random initialisation by EM and by SGD (Adam) and
     writes the learning curves and the fitted model's forecast. Finally samples
     the posterior of the dynamics and noise scales (``seed003_bayesian_model``)

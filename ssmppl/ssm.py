@@ -13,7 +13,15 @@ from ._jit import jit_by_arrays, traced_floats
 from .inference import DEFAULT_BACKEND
 from .inference.base import Backend, Capability, require, require_key
 from .inference.validation import invalid_input_message, parameter_checks
-from .models.tracing import RelaxedValidation, ScanInterceptor, SiteNames, discover, trace_model, trace_state_space
+from .models.tracing import (
+    RelaxedValidation,
+    ScanInterceptor,
+    SiteNames,
+    discover,
+    state_columns,
+    trace_model,
+    trace_state_space,
+)
 
 
 def _is_concrete(x):
@@ -69,6 +77,16 @@ class SSM:
         """The state, emission, initial-state and global site names for these arguments."""
         return discover(self.model, args, kwargs, self.latent, self.obs)
 
+    def state_columns(self, *args, **kwargs) -> dict:
+        """Which columns of the flat state (``filtered_means[:, cols]`` etc.) hold what: {label: slice}.
+
+        A carry that is the latent site itself gives ``{latent: slice(0, dz)}``. A tuple (pytree)
+        carry such as ``(z, z_prev)`` for an AR(2) is stacked: its leaves, flattened, are
+        concatenated in ``jax.tree.leaves`` order, the latent site's leaf under its name and the
+        others as ``"carry" + key path``, e.g. ``{"z": slice(0, 1), "carry[1]": slice(1, 2)}``.
+        """
+        return state_columns(self.model, args, kwargs, self.latent, self.obs)
+
     def state_space(self, params, *args, **kwargs):
         """The ``StateSpace`` handed to backends (call inside jit for speed)."""
         return trace_state_space(self.model, args, kwargs, params, self.latent, self.obs)
@@ -87,10 +105,16 @@ class SSM:
         return {k: interceptor.outer_sites[k]["value"] for k in names.globals}
 
     def sample(self, key, params, *args, **kwargs):
-        """Simulate ``(states (T, dz), emissions (T, dy))``.
+        """Simulate ``(states, emissions)`` in the model's own shapes: the latent site's values
+        ``(T, *state_shape)`` and the emission site's ``(T, *obs_shape)``, e.g. ``(T,)`` and ``(T,)``
+        for a scalar state and observation, ``(T, dz)`` and ``(T, dy)`` for vector sites (as
+        NumPyro's ``Predictive`` returns them). The emissions can be passed back as the
+        observations: ``ssm.log_likelihood(params, ssm.sample(key, params, T=100)[1])``.
 
         Call with the observations left ``None`` (e.g. ``ssm.sample(key, params, T=100)``);
-        global sample sites missing from ``params`` are drawn from their priors.
+        global sample sites missing from ``params`` are drawn from their priors. For a tuple
+        (pytree) carry the states are the latent site's values, the columns
+        ``ssm.state_columns(...)[latent]`` of the stacked state that the filters return.
         """
         return jit_by_arrays(SSM._sample, self, key, traced_floats(params), *args, **kwargs)
 
@@ -98,9 +122,9 @@ class SSM:
         names = self.site_names(*args, **kwargs)
         model = handlers.substitute(handlers.seed(self.model, key), data=dict(params or {}))
         tr = handlers.trace(RelaxedValidation(model)).get_trace(*args, **kwargs)  # zero variances allowed
-        states, emissions = tr[names.latent]["value"], tr[names.obs]["value"]
-        T = states.shape[0]
-        return states.reshape(T, -1), emissions.reshape(T, -1)
+        # The model's own shapes (not flattened to (T, d)), so that sample -> log_likelihood round-trips:
+        # the emission site of a scalar-observation model checks for (T,).
+        return tr[names.latent]["value"], tr[names.obs]["value"]
 
     # -- filtering and smoothing ---------------------------------------------
     def filter(self, params, *args, method: Backend = DEFAULT_BACKEND, key=None, **kwargs):

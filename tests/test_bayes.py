@@ -229,7 +229,6 @@ def test_svi_recovers_an_exactly_gaussian_posterior():
     exactly. AutoNormal's optimum is that Gaussian; SGD noise leaves ~1e-2 sd."""
     ssm = SSM(offset_model)
     _, y = ssm.sample(jax.random.PRNGKey(0), {"b": 1.5}, T=40)
-    y = y[:, 0]
     f = [float(ssm.log_likelihood({"b": b}, y)) + stats.norm(0, 3).logpdf(b) for b in (-1.0, 0.0, 1.0)]
     curvature = f[0] - 2 * f[1] + f[2]  # = -1 / var
     var = -1.0 / curvature
@@ -294,7 +293,7 @@ def test_divergences_are_reported_not_swallowed():
     ssm = SSM(offset_model)
     _, y = ssm.sample(jax.random.PRNGKey(0), {"b": 0.0}, T=20)
     with pytest.warns(DivergenceWarning, match="diverged"):
-        post = ssm.sample_posterior(jax.random.PRNGKey(1), y[:, 0], num_warmup=20, num_samples=100, num_chains=1,
+        post = ssm.sample_posterior(jax.random.PRNGKey(1), y, num_warmup=20, num_samples=100, num_chains=1,
                                     method=None, target_accept_prob=0.01, progress_bar=False)
     assert post.num_divergences == int(np.sum(post.sample_stats["diverging"])) > 0
 

@@ -218,7 +218,6 @@ def test_non_affine_parameters_generalised_em_and_sgd(x64):
     truth = {"rho": 0.95, "omega": 0.3, "q": 0.1, "r": 0.5}
     truth = {k: jnp.asarray(v) for k, v in truth.items()}
     _, ys = ssm.sample(jax.random.PRNGKey(11), truth, T=400)
-    ys = ys[:, 0]  # the emission site is a scalar
     start = {"rho": jnp.asarray(0.5), "omega": jnp.asarray(1.0), "q": jnp.asarray(1.0), "r": jnp.asarray(1.0)}
     p_em, lls = ssm.fit_em(start, ys, num_iters=50, progress_bar=False)
     assert float(jnp.diff(lls).min()) > -1e-8 * abs(float(lls[-1]))

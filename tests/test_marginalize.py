@@ -42,7 +42,7 @@ def reference_loglik(log_q, log_r, y):
 @pytest.fixture
 def data(x64):
     _, y = SSM(local_level).sample(jax.random.PRNGKey(0), {"log_q": -1.0, "log_r": 0.0}, T=30)
-    return np.asarray(y[:, 0])
+    return np.asarray(y)  # (T,): the model's own shape
 
 
 def test_log_density_is_loglik_plus_log_prior(data):
@@ -95,4 +95,40 @@ def test_svi_map_and_predictive(data):
     assert max(abs(float(v)) for v in g.values()) < 1e-2
     pred = Predictive(mm, num_samples=5)(jax.random.PRNGKey(3), data)
     assert pred["log_q"].shape == (5,)
-    assert np.all(np.isnan(pred["z0"]))  # the integrated-out initial state is never drawn
+    # the integrated-out initial state is hidden; the emission site holds the data, in its own shape
+    assert "z0" not in pred and "z" not in pred
+    np.testing.assert_array_equal(pred["y"], np.broadcast_to(data, (5, len(data))))
+
+
+def test_predictive_without_data_draws_emissions_of_the_model_shape(data):
+    """Issue 18: ``Predictive(marginalize(model), samples)(key, T=T)`` returned y of shape (draws, T, 0)
+    and a NaN initial state. Without observations the marginal model runs the model itself, so the
+    draws are emissions given each parameter draw with a fresh path. Oracle: the local level's
+    closed form, y_t ~ N(0, 9 + t q^2 + r^2), checked at t = 1 and t = T by its mean and variance
+    (tolerances from the sampling distributions of the sample mean and variance)."""
+    n, T = 4000, 20
+    samples = {"log_q": jnp.full(n, -1.0), "log_r": jnp.full(n, 0.5)}
+    pred = Predictive(marginalize(local_level), samples)(jax.random.PRNGKey(5), T=T)
+    assert pred["y"].shape == (n, T) and pred["z"].shape == (n, T) and pred["z0"].shape == (n,)
+    assert np.all(np.isfinite(pred["z0"]))
+    for t in (1, T):
+        var = 9.0 + t * np.exp(-2.0) + np.exp(1.0)
+        draws = np.asarray(pred["y"][:, t - 1])
+        assert abs(draws.mean()) < 5 * np.sqrt(var / n)
+        assert abs(draws.var() - var) < 5 * var * np.sqrt(2 / n)
+    # the path and the emissions belong together: y_t - z_t are n T independent N(0, r^2) draws
+    resid = np.asarray(pred["y"] - pred["z"])
+    assert abs(resid.var() - np.exp(1.0)) < 5 * np.exp(1.0) * np.sqrt(2 / resid.size)
+
+
+def test_marginal_emission_site_holds_the_data_and_the_per_step_log_predictive(data):
+    """With data, the emission site is observed with the data ((T,) here) and its log density is
+    the filter's per-step log predictive, summing to the brute-force log-likelihood."""
+    from numpyro.infer.util import log_likelihood
+
+    draws = {"log_q": jnp.array([-1.0, 0.3]), "log_r": jnp.array([0.0, -0.7])}
+    per_step = log_likelihood(marginalize(local_level), draws, data)["y"]
+    assert per_step.shape == (2, len(data))
+    for i in range(2):
+        ref = reference_loglik(float(draws["log_q"][i]), float(draws["log_r"][i]), data)
+        np.testing.assert_allclose(float(per_step[i].sum()), ref, rtol=1e-10)

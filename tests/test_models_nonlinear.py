@@ -232,7 +232,7 @@ def test_poisson_ar1_simulation_moments():
     ssm = ssmppl.SSM(poisson_ar1())
     T = 20000
     z, y = ssm.sample(jax.random.PRNGKey(0), {"mu": mu, "phi": phi, "sigma": sigma}, T=T)
-    z, y = np.asarray(z[:, 0]), np.asarray(y[:, 0], float)
+    z, y = np.asarray(z), np.asarray(y, float)
     _ar1_checks(z, mu, phi, sigma)
     # Given the rates, Pearson residuals are independent with mean 0 and variance 1.
     u = (y - np.exp(z)) / np.exp(z / 2)
@@ -245,7 +245,7 @@ def test_stochastic_volatility_simulation_moments():
     ssm = ssmppl.SSM(stochastic_volatility())
     T = 40000
     x, y = ssm.sample(jax.random.PRNGKey(1), None, T=T)
-    x, y = np.asarray(x[:, 0]), np.asarray(y[:, 0])
+    x, y = np.asarray(x), np.asarray(y)
     _ar1_checks(x, mu, rho, sigma)
     u = y / np.exp(x / 2)  # iid N(0, 1) given the log-variances
     assert abs(u.mean()) < 4.5 / np.sqrt(T)

@@ -54,7 +54,7 @@ R_GRID = np.linspace(0.2, 0.45, 101)
 @pytest.fixture(scope="module")
 def pendulum_data(x64_module):
     _, y = SSM(pendulum()).sample(jax.random.PRNGKey(0), PENDULUM_TRUTH, T=PENDULUM_T)
-    return y[:, 0]
+    return y  # (T,): sample returns the model's own shapes
 
 
 @pytest.fixture(scope="module")

@@ -178,7 +178,6 @@ def ar1_param_model(y=None, T=None):
 def test_score_gradient_matches_kalman_gradient_and_stop_gradient_is_biased(x64):
     ssm = SSM(ar1_param_model)
     _, y = ssm.sample(jax.random.PRNGKey(3), {"phi": 0.9, "q": 0.6}, T=50)
-    y = y[:, 0]
     p0 = {"phi": 0.7, "q": 0.5}
     exact = jax.grad(lambda p: Kalman().log_likelihood(ssm.state_space(p, y)))(p0)
     R = 500
@@ -267,7 +266,6 @@ def test_fit_sgd_through_particle_filters_finds_the_kalman_mle(x64):
 
     ssm = SSM(ar1_param_model)
     _, y = ssm.sample(jax.random.PRNGKey(3), {"phi": 0.9, "q": 0.6}, T=200)
-    y = y[:, 0]
     start = {"phi": 0.5, "q": 1.0}
     fit = dict(num_epochs=400, progress_bar=False)
     mle, _ = ssm.fit_sgd(start, y, optimizer=optax.adam(0.05), num_epochs=600, progress_bar=False)
