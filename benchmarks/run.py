@@ -24,6 +24,7 @@ SUITES = {
     "particle_filters": "particle filters on the stochastic-volatility model against particles",
     "da_lorenz": "ensemble Kalman filters on DAPPER's Lorenz benchmarks, against DAPPER",
     "ensf": "the EnSF reference benchmark (Lorenz-96, arctan observations) with LETKF / ETKF",
+    "progress_overhead": "fit_em / fit_sgd with and without a live progress bar",
     "latency": "time to result in fresh processes: first, repeat, new-data and new-length calls",
 }
 

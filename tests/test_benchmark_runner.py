@@ -26,7 +26,7 @@ def test_short_case_end_to_end_reports_a_wrong_implementation(x64, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", ["kalman", "learning", "hmc", "nonlinear", "nonlinear_accuracy",
-                                   "particle_filters", "latency"])
+                                   "particle_filters", "latency", "progress_overhead"])
 def test_short_mode_passes_its_checks(suite):
     """Every suite's short mode (da_lorenz and ensf: their own tests) runs and passes its checks."""
     report = run_suite(suite, "--short")
