@@ -9,7 +9,7 @@ shape, a new length; wall and CPU seconds, XLA compilations and compile seconds 
   fit_em                   50 EM iterations, 13-d state, 1 channel, T = 100             vs dynamax's fit_em
   sample_posterior         seed003_bayesian_model, 4 chains x (500 + 500), to_arviz      vs NumPyro's MCMC(NUTS(marginalize(model)))
   Nile fit                 local level on the Nile series: fit_mle, fit_em (600 iter.)   vs statsmodels' UnobservedComponents.fit
-  demo (--demo)            `python -m ssmppl demo` twice, sharing a fresh compilation-cache folder
+  demo (--demo)            `ssmppl demo` twice, sharing a fresh compilation-cache folder
 
 ``--before PATH`` also runs every ssmppl workflow with ``PYTHONPATH=PATH`` (an older checkout,
 e.g. a ``git worktree`` of the commit before a change) in the same run. Checks: the libraries'
@@ -39,9 +39,10 @@ STAGES = ("start-up (imports)", "first call", "second identical call", "new data
 
 
 def arguments(p):
-    p.add_argument("--scenarios", nargs="+", help="default: all (names as in the module docstring, quoted)")
+    p.add_argument("--scenarios", nargs="*", help="default: all (names as in the module docstring, quoted); "
+                   "none: only --demo")
     p.add_argument("--before", metavar="PATH", help="also run ssmppl from this checkout (PYTHONPATH), labelled 'before'")
-    p.add_argument("--demo", action="store_true", help="also time `python -m ssmppl demo`, twice (compilation cache)")
+    p.add_argument("--demo", action="store_true", help="also time `ssmppl demo`, twice (compilation cache)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
 
 
@@ -67,7 +68,7 @@ def child(scenario, impl, size, pythonpath=None, timeout=1800):
 
 
 def demo_runs(pythonpath, label, report, timeout):
-    """`python -m ssmppl demo` twice with one fresh cache folder (the second run loads what the first compiled)."""
+    """`ssmppl demo` twice with one fresh cache folder (the second run loads what the first compiled)."""
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
@@ -77,8 +78,10 @@ def demo_runs(pythonpath, label, report, timeout):
     for run in ("first run", "second run"):
         out_dir = tempfile.mkdtemp(prefix="ssmppl-demo-")
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "ssmppl", "demo", "--out", out_dir], capture_output=True, text=True,
-                           env=env, timeout=timeout, cwd=tempfile.gettempdir())
+        # what the `ssmppl` console script runs (an older checkout on PYTHONPATH has no installed script)
+        p = subprocess.run([sys.executable, "-c", "import sys; from ssmppl.cli import main; sys.exit(main())", "demo",
+                            "--out", out_dir], capture_output=True, text=True, env=env, timeout=timeout,
+                           cwd=tempfile.gettempdir())
         wall = time.perf_counter() - t0
         cached = "compilation cache" in p.stdout
         rows.append([f"demo ({label})", run, f"{wall:.1f}" if p.returncode == 0 else f"failed (exit {p.returncode})",
@@ -102,7 +105,7 @@ def run(args, report):
 
     import ssmppl
 
-    names = args.scenarios or list(SCENARIOS)
+    names = list(SCENARIOS) if args.scenarios is None else args.scenarios
     # children import the ssmppl this process runs (the checkout under test), whatever is installed
     versions = [("after", os.path.dirname(os.path.dirname(os.path.abspath(ssmppl.__file__))))] + ([("before", os.path.abspath(args.before))] if args.before else [])
     results = {}
@@ -124,7 +127,7 @@ def run(args, report):
         rows = []
         for label, path in versions:
             rows += demo_runs(path, label or "after", report, args.timeout)
-        report.table("`python -m ssmppl demo`, whole process", ["version", "run", "wall s", "cache on"], rows,
+        report.table("`ssmppl demo`, whole process", ["version", "run", "wall s", "cache on"], rows,
                      "Each run a new process; the second shares the first one's compilation-cache folder "
                      "(`SSMPPL_CACHE_DIR`; a checkout without the cache compiles again).")
     return results
