@@ -67,7 +67,7 @@ def complete_params(params, sites, initial) -> dict:
                          "(ssm.init_params(key, ...) returns a complete dict)")
     full = {k: jnp.asarray(params[k]) if k in params else jnp.asarray(initial[k]) for k in sites}
     for k, v in full.items():
-        if not isinstance(v, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(v))):
+        if not isinstance(v, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(v))):  # numpy: no compilation
             raise ValueError(f"the initial value of global site {k!r} is not finite: {np.asarray(v)}")
     return full
 

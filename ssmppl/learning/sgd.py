@@ -37,6 +37,16 @@ class _SGDPlan:
     num_observed: int
 
 
+def _sgd_start(plan, free, args, kwargs):
+    """The optimiser's state at the unconstrained values of ``free``."""
+    u = to_unconstrained(free, plan.layout.sites(args, kwargs))
+    return u, plan.optimizer.obj.init(u), u, jnp.asarray(RUNNING)
+
+
+def _sgd_result(plan, u, args, kwargs):
+    return to_constrained(u, plan.layout.sites(args, kwargs))
+
+
 def _loss(plan, u, fixed, index, key, args, kwargs):
     sites = plan.layout.sites(args, kwargs)
     params = {**fixed, **to_constrained(u, sites)}
@@ -115,8 +125,9 @@ def fit_sgd(ssm, params, args, kwargs, optimizer=None, num_epochs=1000, method=N
     plan = _SGDPlan(layout, method, StructuralKey(optimizer), frozen, num_epochs, batch_size, chunk_size(num_epochs, mode),
                     num_observed)
     free, fixed = split_frozen(full, frozen)
-    u = to_unconstrained(free, sites)
-    state = (u, optimizer.init(u), u, jnp.asarray(RUNNING))
+    # One compiled program each for the start and the end: run eagerly, the constraint transforms
+    # and the optimiser's init compile one small program per operation (~100 on a first call).
+    state = jit_by_arrays(_sgd_start, plan, free, args, kwargs)
 
     def run_chunk(state, start):
         return jit_by_arrays(_sgd_chunk, plan, state, jnp.asarray(start), fixed, key, args, kwargs)
@@ -132,5 +143,5 @@ def fit_sgd(ssm, params, args, kwargs, optimizer=None, num_epochs=1000, method=N
             "large?). Returning the last parameters with a finite loss", RuntimeWarning, stacklevel=3)
         u = good
     losses = losses[:done]
-    out = {**to_constrained(u, sites), **{k: full[k] for k in frozen}}
+    out = {**jit_by_arrays(_sgd_result, plan, u, args, kwargs), **{k: full[k] for k in frozen}}
     return {k: out[k] for k in full}, losses

@@ -145,6 +145,21 @@ def _relaxed_constraint(d, param, constraint):
     return constraint, None
 
 
+_COMPILED_CHECKS: dict = {}  # id(constraint) -> (constraint, its jitted check)
+
+
+def _compiled_check(check):
+    """``jax.jit(check)``, one per constraint object (NumPyro's constraints are module-level
+    objects, unhashable): one compiled program per constraint and shape instead of one per
+    operation inside it (a PSD check run eagerly compiles ~5 small programs)."""
+    hit = _COMPILED_CHECKS.get(id(check))
+    if hit is None or hit[0] is not check:
+        if len(_COMPILED_CHECKS) > 256:  # constraints built per call (e.g. interval(a, b)): stay bounded
+            _COMPILED_CHECKS.clear()
+        hit = _COMPILED_CHECKS[id(check)] = (check, jax.jit(lambda value: check(value)))
+    return hit[1]
+
+
 def check_site_arguments(fn, site):
     """Raise ``ValueError`` naming ``site`` when a concrete argument of its distribution (or of a
     distribution it wraps) is invalid; zero variances of Gaussian noise are valid."""
@@ -159,7 +174,7 @@ def check_site_arguments(fn, site):
                 if relaxed is None:
                     continue
                 check, why = relaxed
-                ok = check(value)
+                ok = _compiled_check(check)(value)
                 if not_jax_tracer(ok) and not np.all(np.asarray(ok)):
                     raise ValueError(f"site {site!r}: {type(d).__name__} distribution got an invalid {param} "
                                      f"parameter" + (f" ({why})" if why else ""))
