@@ -236,7 +236,9 @@ def fit_em_dynamax(T, iters=50):
                 data)
 
 
-NUTS_SIZES = dict(num_warmup=500, num_samples=500, num_chains=4)
+# --short (the parent sets LATENCY_SHORT): a quick check of the suite, not a measurement
+NUTS_SIZES = (dict(num_warmup=50, num_samples=50, num_chains=2) if os.environ.get("LATENCY_SHORT")
+              else dict(num_warmup=500, num_samples=500, num_chains=4))
 
 
 def nuts_setup(T):
