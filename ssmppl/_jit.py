@@ -88,9 +88,7 @@ def _fingerprint(obj, depth, seen):
             raise _Unkeyable
         a = np.asarray(obj)
         return ("array", a.shape, str(a.dtype), a.tobytes())
-    if isinstance(obj, (tuple, list)) and not hasattr(obj, "_fields"):
-        return (type(obj), tuple(rec(x) for x in obj))
-    if isinstance(obj, tuple):  # a NamedTuple (optax's GradientTransformation)
+    if isinstance(obj, (tuple, list)):  # NamedTuples too (optax's GradientTransformation): keyed by their type
         return (type(obj), tuple(rec(x) for x in obj))
     if isinstance(obj, dict):
         return (dict, tuple(sorted((repr(k), rec(v)) for k, v in obj.items())))
