@@ -19,6 +19,7 @@ from .score_filter import EnSF
 
 # What the facade uses when no method is given: exact where the model allows, and it says so where not.
 DEFAULT_BACKEND = Kalman()
+"""The backend ``SSM``'s methods use when no ``method=`` is given: ``Kalman()``."""
 
 __all__ = ["Backend", "Capability", "DEFAULT_BACKEND",
            "Kalman", "EKF", "UKF", "GaussHermite", "MomentMatching", "BootstrapPF", "GuidedPF", "AuxiliaryPF", "EnKF",

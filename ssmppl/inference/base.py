@@ -110,6 +110,10 @@ class Backend:
         raise CapabilityError(refusal(self, capability, needed_by))
 
     def filter(self, problem: StateSpace, key=None) -> FilterResult:
+        """Filter the model's observations: a ``FilterResult`` with ``filtered_means (T, dz)``,
+        ``filtered_covariances (T, dz, dz)``, the one-step predicted moments and, for a backend
+        declaring ``LIKELIHOOD``, ``marginal_loglik`` and ``log_predictive (T,)``. Every backend
+        implements it; ``key`` is ``None`` unless ``requires_key``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement filter()")
 
     def _key(self, key):
@@ -140,9 +144,14 @@ class Backend:
         return f"{type(self).__name__}: the filter is not finite from step {step} on"
 
     def smooth(self, problem: StateSpace, key=None) -> SmoothResult:
+        """Filter and smooth (``SMOOTH``): a ``SmoothResult`` with ``smoothed_means (T, dz)``,
+        ``smoothed_covariances (T, dz, dz)``, ``smoothed_cross_covariances (T-1, dz, dz)`` and the
+        filter's result as ``.filtered``. Raises ``CapabilityError`` unless declared."""
         self._refuse(Capability.SMOOTH, "smooth")
 
     def log_likelihood(self, problem: StateSpace, key=None):
+        """Scalar log p(y_{1:T}) (``LIKELIHOOD``; an estimate for sampling backends). By default the
+        filter's ``marginal_loglik``; raises ``CapabilityError`` unless declared."""
         if Capability.LIKELIHOOD not in self.capabilities:
             self._refuse(Capability.LIKELIHOOD, "log_likelihood")
         return self.filter(problem, key).marginal_loglik
@@ -158,6 +167,10 @@ class Backend:
         self._refuse(Capability.SAMPLE_STATES, "sample_states")
 
     def forecast(self, problem: StateSpace, filtered: FilterResult, num_steps: int, key=None) -> Forecast:
+        """Moments of the ``num_steps`` states and emissions after the data (``FORECAST``), from the
+        filter's result: a ``Forecast`` with ``state_means (H, dz)``, ``state_covariances (H, dz, dz)``,
+        ``emission_means (H, dy)``, ``emission_covariances (H, dy, dy)``. Raises ``CapabilityError``
+        unless declared."""
         self._refuse(Capability.FORECAST, "forecast")
 
     def posterior_predictive(self, problem: StateSpace, smoothed: SmoothResult):
