@@ -109,14 +109,17 @@ class Posterior:
     # -- shapes ------------------------------------------------------------------
     @property
     def num_chains(self) -> int:
+        """Number of chains (the leading axis of every draw)."""
         return int(next(iter(self.samples.values())).shape[0])
 
     @property
     def num_draws(self) -> int:
+        """Draws per chain (the second axis)."""
         return int(next(iter(self.samples.values())).shape[1])
 
     @property
     def num_divergences(self) -> int:
+        """Divergent transitions over all chains (``sample_stats["diverging"]``; 0 when not recorded)."""
         div = self.sample_stats.get("diverging")
         return 0 if div is None else int(np.sum(np.asarray(div)))
 

@@ -74,6 +74,7 @@ def gaussian_predictive(S, d, num_observed, log_det_r):
 
 
 def centre(X):
+    """Ensemble mean (d,) and anomalies (N, d) of members X (N, d)."""
     mean = X.mean(0)
     return mean, X - mean
 
@@ -87,6 +88,8 @@ def etkf_weights(S, d):
 
 
 def etkf_analysis(X, S, d):
+    """ETKF analysis of members X (N, d) with whitened S (N, m), d (m,): the analysis mean (d,) and
+    anomalies (N, d), mean + w A and T A (``etkf_weights``)."""
     mean, A = centre(X)
     w, T = etkf_weights(S, d)
     return mean + w @ A, T @ A
@@ -115,6 +118,9 @@ def stochastic_analysis(X, S, d, key, observed, taper_xy=None, taper_yy=None):
 
 
 def ensrf_analysis(X, S, d, taper_xy=None, taper_yy=None):
+    """Batch square-root analysis in observation space (Whitaker & Hamill 2002) of members X (N, d) with
+    whitened S (N, m), d (m,): the analysis mean (d,) and anomalies (N, d). C = I + S^T S / (N-1) (m, m);
+    ``taper_xy`` (d, m) and ``taper_yy`` (m, m) localise P H^T and H P H^T when given."""
     N, m = S.shape
     mean, A = centre(X)
     SS = S.T @ S / (N - 1)

@@ -249,6 +249,8 @@ def kalman_forecast(params: LinearGaussianParams, mean, covariance, num_steps: i
 
 
 def sqrt_predict(m, L, F, c, LQ):
+    """Square-root transition: mean F m + c (n,) and a factor (n, n) of F L L^T F^T + LQ LQ^T, by QR of
+    [F L, LQ] (``tria``)."""
     return F @ m + c, tria(jnp.concatenate([F @ L, LQ], axis=1))
 
 

@@ -52,6 +52,7 @@ SCORES = tuple(PRIOR_SCORES)
 
 
 def default_damping(t):
+    """The likelihood score's damping h(t) = 1 - t at pseudo-time t in [0, 1] (full weight at t = 0)."""
     return 1.0 - t
 
 

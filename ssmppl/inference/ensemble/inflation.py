@@ -43,6 +43,9 @@ def _number(owner, name, value, low, high=None, low_open=False):
 
 @dataclasses.dataclass(frozen=True)
 class Multiplicative:
+    """Multiplicative inflation: the analysis anomalies times ``factor`` >= 1, so the covariance
+    scales by ``factor**2`` (DAPPER's convention); ``EnKF(inflation=1.02)`` means ``Multiplicative(1.02)``."""
+
     factor: float = 1.0
 
     def __post_init__(self):
@@ -54,6 +57,9 @@ class Multiplicative:
 
 @dataclasses.dataclass(frozen=True)
 class Additive:
+    """Additive inflation: Gaussian noise E (N, d) with per-component ``variance`` >= 0 added to the
+    analysis anomalies, re-centred over members (the analysis mean is unchanged)."""
+
     variance: float = 0.0
 
     def __post_init__(self):
@@ -66,6 +72,9 @@ class Additive:
 
 @dataclasses.dataclass(frozen=True)
 class RTPP:
+    """Relaxation to prior perturbations (Zhang et al. 2004): A_a <- (1 - alpha) A_a + alpha A_f,
+    ``alpha`` in [0, 1]."""
+
     alpha: float = 0.5
 
     def __post_init__(self):
@@ -77,6 +86,10 @@ class RTPP:
 
 @dataclasses.dataclass(frozen=True)
 class RTPS:
+    """Relaxation to prior spread (Whitaker & Hamill 2012): each component's analysis anomalies scale by
+    alpha s_f / s_a + 1 - alpha (s_f, s_a the prior and analysis spreads), ``alpha`` in [0, 1]; a component
+    the analysis collapsed (s_a = 0) is left as it is."""
+
     alpha: float = 0.5
 
     def __post_init__(self):
@@ -92,6 +105,11 @@ class RTPS:
 
 @dataclasses.dataclass(frozen=True)
 class Adaptive:
+    """Adaptive multiplicative inflation from the innovations (Li, Kalnay & Miyoshi 2009): each cycle's
+    estimate lambda^2 = (d'd - m) / tr(S'S / (N-1)) (whitened observation space) is averaged into
+    factor^2 with weight ``relaxation``, starting from ``initial``, and the average is clipped to
+    [1, ``max_factor``^2]. At most one per filter."""
+
     initial: float = 1.0
     relaxation: float = 0.05
     max_factor: float = 2.0

@@ -104,11 +104,16 @@ class Localization:
 
     @classmethod
     def on_ring(cls, radius: float, dim: int, observed=None, taper: str = "gaspari_cohn"):
+        """Localisation on a periodic ring of ``dim`` grid points 0..dim-1 (Lorenz-96's domain, period
+        ``dim``): the state components sit at the grid points, the observed ones at ``observed``
+        (indices; ``None``: every component observed)."""
         grid = np.arange(dim, dtype=float)
         obs = grid if observed is None else grid[np.asarray(observed, dtype=int)]
         return cls(radius, grid, obs, taper, period=float(dim))
 
     def check(self, state_dim: int, obs_dim: int, owner: str):
+        """Raise a ``ValueError`` naming ``owner`` unless there is one state coordinate per state component
+        and one observation coordinate per observed component."""
         if self.state_coords.shape[0] != state_dim or self.obs_coords.shape[0] != obs_dim:
             raise ValueError(
                 f"{owner}: the localisation has {self.state_coords.shape[0]} state and {self.obs_coords.shape[0]} "
