@@ -69,7 +69,14 @@ def test_pages_and_directives_are_found():
 
 @pytest.mark.parametrize("page, identifier", directives(), ids=[f"{p}:{i}" for p, i in directives()])
 def test_every_directive_imports(page, identifier):
-    resolve(identifier)  # AttributeError / ImportError name the stale identifier
+    obj = resolve(identifier)  # AttributeError / ImportError name the stale identifier
+    # A function re-exported under its module's name (ssmppl.models.pendulum is the package's function,
+    # but mkdocstrings renders the module pendulum.py): the directive must name the function inside it.
+    if inspect.ismodule(obj) and "." in identifier:
+        parent, name = identifier.rsplit(".", 1)
+        shadow = getattr(importlib.import_module(parent), name, obj)
+        assert shadow is obj, (f"{page}: '::: {identifier}' renders the module, not the {type(shadow).__name__} "
+                               f"{parent}.{name}: write '::: {identifier}.{name}'")
 
 
 def _documented(obj, resolved):
