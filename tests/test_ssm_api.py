@@ -127,6 +127,7 @@ def test_init_params_and_site_names():
     assert abs(float(ssm.log_likelihood(p2, y)) - ref) > 1e-3
 
 
+@pytest.mark.slow  # ~35 s: the whole demo at small size (EM, SGD, NUTS, ArviZ, four figures)
 def test_demo_fits_and_writes_figures(x64, tmp_path):
     """The demo's EM and SGD fits beat the true parameters' log-likelihood (T=100 overfits)."""
     from ssmppl.demo import run_demo

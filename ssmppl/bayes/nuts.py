@@ -52,14 +52,24 @@ def _numpyro_chain(model, key, init_values, args, kwargs, num_warmup, num_sample
     init_kernel, sample_kernel = hmc(potential_fn_gen=info.potential_fn, algo="NUTS")
     state = init_kernel(info.param_info, num_warmup, dense_mass=dense_mass, target_accept_prob=target_accept_prob,
                         max_tree_depth=max_tree_depth, model_args=args, model_kwargs=kwargs, rng_key=k_run)
-    state = lax.fori_loop(0, num_warmup, lambda _, s: sample_kernel(s, model_args=args, model_kwargs=kwargs), state)
 
-    def draw(s, _):
+    def record(s):
+        return (s.z, s.diverging, s.num_steps, s.energy, s.accept_prob, s.adapt_state.step_size, -s.potential_energy)
+
+    # Warm-up and draws in one loop, so the NUTS kernel is traced and compiled once, not twice (a
+    # fori_loop for warm-up then a scan for draws doubled the first call's compile time). Warm-up
+    # iterations write into slot 0, which the first draw overwrites.
+    buffers = jax.tree.map(lambda v: jnp.zeros((num_samples,) + v.shape, v.dtype),
+                           jax.eval_shape(record, state))
+
+    def step(i, carry):
+        s, out = carry
         s = sample_kernel(s, model_args=args, model_kwargs=kwargs)
-        return s, (s.z, s.diverging, s.num_steps, s.energy, s.accept_prob, s.adapt_state.step_size,
-                   -s.potential_energy)
+        slot = jnp.maximum(i - num_warmup, 0)
+        return s, jax.tree.map(lambda b, v: b.at[slot].set(v), out, record(s))
 
-    _, (z, diverging, n_steps, energy, accept, step_size, lp) = lax.scan(draw, state, None, length=num_samples)
+    _, (z, diverging, n_steps, energy, accept, step_size, lp) = lax.fori_loop(0, num_warmup + num_samples, step,
+                                                                              (state, buffers))
     constrained = jax.vmap(info.postprocess_fn(*args, **kwargs))(z)
     stats = {"diverging": diverging, "n_steps": n_steps, "energy": energy, "acceptance_rate": accept,
              "step_size": step_size, "lp": lp}
