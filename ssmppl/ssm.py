@@ -223,7 +223,7 @@ class SSM:
     # -- learning parameters -------------------------------------------------
     def fit_em(self, params, *args, num_iters: int = 100, method: Backend = DEFAULT_BACKEND, frozen=(), tol=None,
                progress_bar: bool = True, m_step: str = "auto", m_step_iters: int = 15, m_step_optimizer=None,
-               key=None, **kwargs):
+               key=None, acceleration=None, **kwargs):
         """Fit the global sites by expectation-maximisation; returns ``(params, log_liks (n,))``.
 
         ``params``: starting values (missing ``numpyro.param`` sites take their
@@ -259,13 +259,20 @@ class SSM:
         ``key``: needed by sampling backends (``EnKF``); their smoother then runs with
         this same key at every iteration (common random numbers), so EM climbs one
         fixed Monte Carlo surrogate of the likelihood.
+
+        ``acceleration="squarem"``: each iteration is one SQUAREM cycle (Varadhan &
+        Roland 2008): two EM maps, an extrapolation along their steps in the
+        unconstrained space, and a third EM map; the extrapolation is kept only if it
+        does not lower the log-likelihood, so log_liks stays monotone. An iteration
+        then costs three E-steps; slow EM (flat likelihood ridges, weakly identified
+        noise variances) needs several times fewer of them.
         """
         from .learning.em import fit_em
 
         require(method, Capability.SMOOTH, Capability.LIKELIHOOD, needed_by="fit_em")
         return fit_em(self, params, args, kwargs, num_iters=num_iters, method=method, frozen=frozen,
                       tol=tol, progress_bar=progress_bar, m_step=m_step, m_step_iters=m_step_iters,
-                      m_step_optimizer=m_step_optimizer, key=key)
+                      m_step_optimizer=m_step_optimizer, key=key, acceleration=acceleration)
 
     def fit_sgd(self, params, *args, optimizer=None, num_epochs: int = 1000, method: Backend = DEFAULT_BACKEND, frozen=(),
                 batch_size=None, key=None, progress_bar: bool = True, **kwargs):

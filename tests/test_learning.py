@@ -55,6 +55,21 @@ def test_em_seed003_monotone_and_above_truth(x64, seed003, em_fit):
     assert float(ssm.log_likelihood(params, ys)) >= float(lls[-1])
 
 
+def test_squarem_closed_form_em_is_monotone_and_ahead_of_plain_em(x64, seed003, em_fit):
+    """SQUAREM with the closed-form M-step (F, H, Q, R, ... with Q and R extrapolated through their
+    Cholesky factors): monotone, and above plain EM for the same number of E-steps: 33 cycles (99
+    E-steps) against 100 iterations. (Measured: -301.1183 against -301.1217; on this model's ridge of
+    similar (F, H) pairs both are slow, SQUAREM by a small margin; on the Nile model, test_nile, it
+    needs a tenth of the E-steps.)"""
+    ssm, true, ys, init = seed003
+    params, lls = ssm.fit_em(init, ys, num_iters=33, progress_bar=False, acceleration="squarem")
+    assert float(jnp.diff(lls).min()) > -1e-9 * abs(float(lls[-1]))
+    assert float(lls[0]) == pytest.approx(float(ssm.log_likelihood(init, ys)), rel=1e-12)
+    _, plain_lls = em_fit
+    assert float(ssm.log_likelihood(params, ys)) > float(plain_lls[-1])
+    assert bool(jnp.all(jnp.linalg.eigvalsh(params["Q"]) > 0)) and bool(jnp.all(jnp.linalg.eigvalsh(params["R"]) > 0))
+
+
 def _expected_log_joint_at(ssm, ys, start):
     """theta -> the EM objective E_q[log p(z, y | theta)], q the smoother at ``start``."""
     from ssmppl.learning.expected_log_joint import cubature_points, expected_log_joint

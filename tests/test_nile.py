@@ -103,6 +103,22 @@ def test_em_matches_statsmodels_mle(x64, nile_y, statsmodels_mle):
     _check_fit("EM", fitted, nile_y, statsmodels_mle)
 
 
+def test_squarem_em_reaches_the_mle_with_a_tenth_of_the_e_steps(x64, nile_y, statsmodels_mle):
+    """SQUAREM: 20 cycles (60 E-steps) reach statsmodels' MLE, which plain EM needs ~600 iterations
+    for (120 plain iterations are still 5% off in sigma2_level); the log-likelihoods stay monotone."""
+    ssm = ssmppl.SSM(local_level(initial_mean=M0, initial_variance=KAPPA))
+    y = jnp.asarray(nile_y)
+    start = {"sigma2_obs": jnp.var(y), "sigma2_level": jnp.var(y)}
+    fitted, lls = ssm.fit_em(start, y, num_iters=20, m_step_iters=5, progress_bar=False, acceleration="squarem")
+    assert lls.shape == (20,)
+    assert bool(jnp.all(jnp.diff(lls) >= -1e-9 * jnp.abs(lls[1:])))
+    _check_fit("SQUAREM", fitted, nile_y, statsmodels_mle)
+    plain, _ = ssm.fit_em(start, y, num_iters=60, m_step_iters=5, progress_bar=False)
+    assert abs(float(plain["sigma2_level"]) / statsmodels_mle[1]["sigma2_level"] - 1) > 1e-2
+    with pytest.raises(ValueError, match="acceleration must be None or 'squarem'"):
+        ssm.fit_em(start, y, num_iters=2, progress_bar=False, acceleration="aitken")
+
+
 def test_sgd_matches_statsmodels_mle(x64, nile_y, statsmodels_mle):
     """Adam on the log-variances (the positive constraint's unconstrained space): no data scaling needed."""
     ssm = ssmppl.SSM(local_level(initial_mean=M0, initial_variance=KAPPA))

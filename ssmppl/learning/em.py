@@ -41,6 +41,7 @@ class _EMPlan:
     num_observed: int
     m_step_iters: int
     m_step_optimizer: Any  # None, "newton", "lbfgs" or a StructuralKey of an optax optimiser
+    acceleration: Optional[str] = None  # None or "squarem"
 
 
 def _e_step(plan, params, args, kwargs, key):
@@ -142,14 +143,56 @@ def _generalised_mstep(plan, params, points, args, kwargs):
     return jax.tree.map(lambda a, b: jnp.where(improved, a, b), new, params)
 
 
-def _em_iteration(plan, state, args, kwargs):
-    params, good, prev_ll, status, count, key = state
+def _em_map(plan, params, args, kwargs, key):
+    """One EM map theta -> M(theta): (log p(y | theta) + log prior, M(theta))."""
     lls, priors, extra = _e_step(plan, params, args, kwargs, key)
     ll = lls.sum() + priors[0]
     if plan.closed_form is not None:
-        new = plan.closed_form.update(params, plan.frozen, extra)
-    else:
-        new = _generalised_mstep(plan, params, extra, args, kwargs)
+        return ll, plan.closed_form.update(params, plan.frozen, extra)
+    return ll, _generalised_mstep(plan, params, extra, args, kwargs)
+
+
+def _squarem_map(plan, params, args, kwargs, key):
+    """One SQUAREM cycle (Varadhan & Roland 2008, scheme S3 with a monotone safeguard):
+    (log-lik at ``params``, the next parameters). Two EM maps give theta1 = M(theta0) and
+    theta2 = M(theta1); with r = theta1 - theta0, v = theta2 - 2 theta1 + theta0 and
+    alpha = -max(1, |r| / |v|) the extrapolation theta0 - 2 alpha r + alpha^2 v is taken in the
+    free sites' unconstrained space (a covariance's extrapolation stays positive definite) and
+    stabilised by a third EM map. It is kept only if its log-likelihood is finite and at least
+    theta1's; otherwise the cycle returns theta2. Either way the log-likelihood never falls below
+    theta1's, so the recorded sequence stays monotone as plain EM's does."""
+    sites = plan.layout.sites(args, kwargs)
+
+    def flat(theta):
+        return ravel_pytree(to_unconstrained(split_frozen(theta, plan.frozen)[0], sites))
+
+    def extrapolate(th0, th1, th2):
+        (u0, unravel), (u1, _), (u2, _) = flat(th0), flat(th1), flat(th2)
+        r, v = u1 - u0, u2 - 2 * u1 + u0
+        alpha = -jnp.maximum(1.0, jnp.linalg.norm(r) / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(u0.dtype).tiny))
+        return {**split_frozen(th0, plan.frozen)[1], **to_constrained(unravel(u0 - 2 * alpha * r + alpha ** 2 * v), sites)}
+
+    # The three EM maps run as one loop, so the E- and M-step are traced and compiled once.
+    def step(i, carry):
+        thetas, lls = carry
+        pick = lambda k: jax.tree.map(lambda *t: t[k], *thetas)  # noqa: E731
+        x = jax.lax.cond(i == 2, lambda: extrapolate(*thetas[:3]),
+                         lambda: jax.tree.map(lambda a, b: jnp.where(i == 0, a, b), pick(0), pick(1)))
+        ll, out = _em_map(plan, x, args, kwargs, key)
+        thetas = tuple(jax.tree.map(lambda o, t: jnp.where(i + 1 == k, o, t), out, thetas[k]) for k in range(4))
+        return thetas, lls.at[i].set(ll.astype(lls.dtype))
+
+    dtype = jnp.result_type(*jax.tree.leaves(params), float)
+    (_, theta1, theta2, stabilised), lls = jax.lax.fori_loop(
+        0, 3, step, ((params,) * 4, jnp.full((3,), jnp.nan, dtype)))
+    del theta1
+    keep = jnp.isfinite(lls[2]) & (lls[2] >= lls[1]) & tree_all_finite(stabilised)
+    return lls[0], jax.tree.map(lambda a, b: jnp.where(keep, a, b), stabilised, theta2)
+
+
+def _em_iteration(plan, state, args, kwargs):
+    params, good, prev_ll, status, count, key = state
+    ll, new = (_squarem_map if plan.acceleration == "squarem" else _em_map)(plan, params, args, kwargs, key)
     ok = jnp.isfinite(ll)
     new_ok = ok & tree_all_finite(new)
     if plan.tol is None:
@@ -236,8 +279,10 @@ class ClosedFormMStep(Protocol):
 
 
 def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol=None, progress_bar=True,
-           m_step="auto", m_step_iters=15, m_step_optimizer=None, key=None):
+           m_step="auto", m_step_iters=15, m_step_optimizer=None, key=None, acceleration=None):
     """See ``SSM.fit_em``."""
+    if acceleration not in (None, "squarem"):
+        raise ValueError(f"acceleration must be None or 'squarem', got {acceleration!r}")
     if not isinstance(num_iters, int) or num_iters < 1:
         raise ValueError(f"num_iters must be a positive int, got {num_iters!r}")
     if tol is not None and not tol >= 0:
@@ -259,7 +304,7 @@ def fit_em(ssm, params, args, kwargs, num_iters=100, method=None, frozen=(), tol
     plan = _EMPlan(layout, method, frozen, closed_form, num_iters,
                    None if tol is None else float(tol), chunk_size(num_iters, mode), num_observed,
                    m_step_iters, m_step_optimizer if m_step_optimizer in (None, "newton", "lbfgs")
-                   else StructuralKey(m_step_optimizer))
+                   else StructuralKey(m_step_optimizer), acceleration)
     dtype = jnp.result_type(*full.values(), float)
     # A sampling backend's smoother runs with the same key every iteration (common random numbers):
     # EM then climbs one fixed surrogate of the likelihood instead of a noisy one.
