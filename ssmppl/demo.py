@@ -100,9 +100,10 @@ def _hmc_section(params, emissions, true_states, out_dir, seed, num_warmup, num_
         hi = np.asarray(summary.filter(regex=f"^{name}(\\[|$)", axis=0)["hdi_97%"])
         v = np.ravel(value)
         inside[name] = bool(np.all((lo <= v) & (v <= hi)))
+    # az.summary rounds r-hat to two decimals; the check against 1.01 needs the value itself
+    max_rhat = max(float(v.max()) for v in az.rhat(idata, var_names=var_names).data_vars.values())
     return {"hmc_summary": summary, "hmc_divergences": posterior.num_divergences, "hmc_truth_inside_94": inside,
-            # az.summary rounds r-hat to two decimals; the check against 1.01 needs the value itself
-            "hmc_max_rhat": float(max(float(v.max()) for v in az.rhat(idata, var_names=var_names).data_vars.values())), "hmc_trace": trace_path, "state_posterior": states_path}
+            "hmc_max_rhat": max_rhat, "hmc_trace": trace_path, "state_posterior": states_path}
 
 
 def _forecast_figure(ssm, params, emissions, num_forecast, title, path):

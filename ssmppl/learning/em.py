@@ -170,24 +170,25 @@ def _squarem_map(plan, params, args, kwargs, key):
         (u0, unravel), (u1, _), (u2, _) = flat(th0), flat(th1), flat(th2)
         r, v = u1 - u0, u2 - 2 * u1 + u0
         alpha = -jnp.maximum(1.0, jnp.linalg.norm(r) / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(u0.dtype).tiny))
-        return {**split_frozen(th0, plan.frozen)[1], **to_constrained(unravel(u0 - 2 * alpha * r + alpha ** 2 * v), sites)}
+        u = u0 - 2 * alpha * r + alpha ** 2 * v
+        return {**split_frozen(th0, plan.frozen)[1], **to_constrained(unravel(u), sites)}
 
-    # The three EM maps run as one loop, so the E- and M-step are traced and compiled once.
+    def choose(c, a, b):
+        return jax.tree.map(lambda x, y: jnp.where(c, x, y), a, b)
+
+    # The three EM maps run as one loop, so the E- and M-step are traced and compiled once. Step 0
+    # maps theta0 to theta1, step 1 theta1 to theta2 and then extrapolates, step 2 stabilises.
     def step(i, carry):
-        thetas, lls = carry
-        pick = lambda k: jax.tree.map(lambda *t: t[k], *thetas)  # noqa: E731
-        x = jax.lax.cond(i == 2, lambda: extrapolate(*thetas[:3]),
-                         lambda: jax.tree.map(lambda a, b: jnp.where(i == 0, a, b), pick(0), pick(1)))
+        x, theta1, theta2, lls = carry
         ll, out = _em_map(plan, x, args, kwargs, key)
-        thetas = tuple(jax.tree.map(lambda o, t: jnp.where(i + 1 == k, o, t), out, thetas[k]) for k in range(4))
-        return thetas, lls.at[i].set(ll.astype(lls.dtype))
+        theta1, theta2 = choose(i == 0, out, theta1), choose(i == 1, out, theta2)
+        x = jax.lax.cond(i == 1, lambda: extrapolate(params, theta1, out), lambda: out)
+        return x, theta1, theta2, lls.at[i].set(ll.astype(lls.dtype))
 
     dtype = jnp.result_type(*jax.tree.leaves(params), float)
-    (_, theta1, theta2, stabilised), lls = jax.lax.fori_loop(
-        0, 3, step, ((params,) * 4, jnp.full((3,), jnp.nan, dtype)))
-    del theta1
+    stabilised, _, theta2, lls = jax.lax.fori_loop(0, 3, step, (params, params, params, jnp.full((3,), jnp.nan, dtype)))
     keep = jnp.isfinite(lls[2]) & (lls[2] >= lls[1]) & tree_all_finite(stabilised)
-    return lls[0], jax.tree.map(lambda a, b: jnp.where(keep, a, b), stabilised, theta2)
+    return lls[0], choose(keep, stabilised, theta2)
 
 
 def _em_iteration(plan, state, args, kwargs):
